@@ -1,0 +1,1 @@
+"""The central brain: consumer, coordinator, agents, MCP servers, ChatOps, audit, and the command line."""

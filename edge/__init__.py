@@ -1,0 +1,1 @@
+"""The node daemon: Falco inputs, feature kernels, scorer, publisher, spool, metrics, health."""

@@ -1,0 +1,1 @@
+"""Training, fused ONNX export, parity, calibration, drift reference, retraining."""

@@ -1,0 +1,27 @@
+"""Fixtures shared by every test folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from aerie.brain.certs import Pki, init_pki, issue, make_ca
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pki]:
+    """A real CA with one certificate per component (see `aerie.brain.certs.DEFAULT_COMPONENTS`)."""
+    return init_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def foreign_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A certificate for ``edge`` from a different CA: must be refused everywhere."""
+    directory = tmp_path_factory.mktemp("foreign-pki")
+    make_ca(directory, name="not aerie")
+    return issue(directory, "edge")
+
+
+def sample_path(name: str) -> Path:
+    return Path(__file__).parent / "data" / name
