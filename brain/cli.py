@@ -17,12 +17,13 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["CliError", "main", "option"]
+__all__ = ["CliError", "flag", "main", "option"]
 
 # One line per part that contributes subcommands.
 _PARTS = (
     "aerie.models.cli",
     "aerie.edge.cli",
+    "aerie.brain.commands",
 )
 
 
@@ -56,6 +57,18 @@ def option(
         help=f"{help} [env {env}{shown}]",
         **kwargs,
     )
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+def flag(parser: argparse.ArgumentParser, *flags: str, env: str, help: str) -> None:
+    """A boolean switch, off unless given on the command line or set true in ``env``."""
+    raw = os.environ.get(env, "").strip().lower()
+    if raw not in _TRUE | _FALSE:
+        parser.error(f"environment variable {env}={raw!r} for {flags[0]}: expected true or false")
+    parser.add_argument(*flags, action="store_true", default=raw in _TRUE, help=f"{help} [env {env}]")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

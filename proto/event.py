@@ -18,6 +18,7 @@ metric label) and a human-readable detail. Nothing else escapes a decoder on bad
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import re
 from datetime import UTC, datetime
@@ -83,6 +84,16 @@ class FalcoEvent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     tags: tuple[str, ...] = ()
     output_fields: dict[str, FieldValue] = msgspec.field(default_factory=dict)
     uuid: str = ""
+
+    @property
+    def event_id(self) -> str:
+        """A stable id for de-duplication and labels: Falco's ``uuid`` when it sent one, else a digest
+        of what identifies the alert (host, time, rule, output). The same alert replayed or re-read
+        gets the same id."""
+        if self.uuid:
+            return self.uuid
+        key = f"{self.hostname}\x00{self.time_ns}\x00{self.rule}\x00{self.output}".encode()
+        return hashlib.blake2b(key, digest_size=16).hexdigest()
 
     def field_str(self, name: str) -> str:
         """A field as text; missing and ``null`` become ``""`` (Falco prints ``<NA>``)."""

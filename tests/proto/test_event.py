@@ -96,3 +96,11 @@ def test_time_offsets_and_formatting() -> None:
 )
 def test_grpc_field_values_normalise_like_json(wire: str, typed: object) -> None:
     assert normalise_grpc_field(wire) == typed
+
+
+def test_event_id_is_uuid_or_a_stable_digest() -> None:
+    assert decode_json(json.dumps(ALERT | {"uuid": "u-1"})).event_id == "u-1"
+    first = decode_json(json.dumps(ALERT)).event_id
+    assert first == decode_json(json.dumps(ALERT)).event_id
+    assert first != decode_json(json.dumps(ALERT | {"hostname": "node-b"})).event_id
+    assert len(first) == 32
