@@ -87,11 +87,9 @@ class FalcoEvent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
     @property
     def event_id(self) -> str:
-        """A stable id for de-duplication and labels: Falco's ``uuid`` when it sent one, else a digest
-        of what identifies the alert (host, time, rule, output). The same alert replayed or re-read
-        gets the same id."""
-        if self.uuid:
-            return self.uuid
+        """A stable id for de-duplication and labels: a digest of what identifies the alert (host, time,
+        rule, output). It does not use Falcosidekick's ``uuid``, which gRPC does not carry: the same
+        alert gets the same id whichever way it arrived, and when it is replayed or re-read."""
         key = f"{self.hostname}\x00{self.time_ns}\x00{self.rule}\x00{self.output}".encode()
         return hashlib.blake2b(key, digest_size=16).hexdigest()
 
@@ -133,8 +131,11 @@ def parse_priority(value: str | int) -> Priority:
 
 # RFC 3339 as Falco writes it: 2024-05-01T12:34:56.123456789Z (offsets accepted too).
 _TIME_RE: Final = re.compile(
-    r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|z|[+-]\d{2}:\d{2})\Z"
+    r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|z|[+-]\d{2}:\d{2})\Z", re.ASCII
 )
+# Instants Falco's format can write back: years 0001-9999 in UTC.
+_MIN_SECONDS: Final = -62135596800
+_MAX_SECONDS: Final = 253402300799
 _EPOCH_CACHE: dict[str, int] = {}
 _EPOCH_CACHE_MAX: Final = 4096
 
@@ -157,6 +158,8 @@ def parse_time(text: str) -> int:
         except ValueError as exc:
             raise DecodeError("bad_time", f"{text[:64]!r}: {exc}") from None
         seconds = int(parsed.timestamp())
+        if not _MIN_SECONDS <= seconds <= _MAX_SECONDS:
+            raise DecodeError("bad_time", f"{text[:64]!r} is outside years 0001-9999 in UTC")
         if len(_EPOCH_CACHE) >= _EPOCH_CACHE_MAX:
             _EPOCH_CACHE.clear()
         _EPOCH_CACHE[key] = seconds
@@ -167,8 +170,9 @@ def parse_time(text: str) -> int:
 def format_time(time_ns: int) -> str:
     """Integer nanoseconds → RFC 3339 in UTC with nine fraction digits, as Falco writes it."""
     seconds, nanos = divmod(time_ns, 1_000_000_000)
-    stamp = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{stamp}.{nanos:09d}Z"
+    t = datetime.fromtimestamp(seconds, UTC)
+    # strftime's %Y does not zero-pad years below 1000 on glibc.
+    return f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}.{nanos:09d}Z"
 
 
 _JSON_SCALAR: Final = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?\Z|true\Z|false\Z|null\Z")
