@@ -98,9 +98,21 @@ def test_grpc_field_values_normalise_like_json(wire: str, typed: object) -> None
     assert normalise_grpc_field(wire) == typed
 
 
-def test_event_id_is_uuid_or_a_stable_digest() -> None:
-    assert decode_json(json.dumps(ALERT | {"uuid": "u-1"})).event_id == "u-1"
+def test_event_id_is_a_stable_digest_independent_of_uuid() -> None:
     first = decode_json(json.dumps(ALERT)).event_id
     assert first == decode_json(json.dumps(ALERT)).event_id
     assert first != decode_json(json.dumps(ALERT | {"hostname": "node-b"})).event_id
     assert len(first) == 32
+    assert decode_json(json.dumps(ALERT | {"uuid": "u-1"})).event_id == first
+
+
+def test_fast_and_slow_time_paths_agree() -> None:
+    text = "2024-05-01T12:00:00.123456789Z"
+    slow = parse_time(text.replace("T", " "))  # the regex path fills the cache
+    assert parse_time(text) == slow == 1714564800_123456789
+
+
+def test_grpc_field_normalisation_survives_hostile_text() -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    assert normalise_grpc_field(deep) == deep
+    assert normalise_grpc_field("884e15561221") == "884e15561221"
