@@ -134,7 +134,9 @@ def load_bundle(path: Path, *, feature_spec_hash: str | None = None) -> Bundle:
     return Bundle(path=path, manifest=manifest, model=contents[MODEL_FILE], state=contents[STATE_FILE])
 
 
-def write_bundle(path: Path, manifest: Manifest, *, model: bytes, state: bytes, overwrite: bool = False) -> Path:
+def write_bundle(
+    path: Path, manifest: Manifest, *, model: bytes, state: bytes, overwrite: bool = False
+) -> Path:
     """Write a bundle to ``path`` atomically; the manifest's ``files`` are filled in here."""
     files = {MODEL_FILE: model, STATE_FILE: state}
     final = msgspec.structs.replace(manifest, files={n: sha256_hex(d) for n, d in files.items()})

@@ -51,7 +51,8 @@ class EventFile:
     def labelled(self, labels: Labels) -> list[tuple[FalcoEvent, Label | None]]:
         """Each decoded event with its label, if the label file has one for it."""
         return [
-            (r, labels.get(r, n)) for r, n in zip(self.records, self.line_numbers, strict=True)
+            (r, labels.get(r, n))
+            for r, n in zip(self.records, self.line_numbers, strict=True)
             if isinstance(r, FalcoEvent)
         ]
 
@@ -73,7 +74,9 @@ def read_events(path: Path) -> EventFile:
             records.append(decode_json(line))
         except DecodeError as exc:
             records.append(Rejected(line=number, reason=exc.reason, detail=exc.detail))
-    return EventFile(path=path, records=records, line_numbers=numbers, digest=hashlib.sha256(data).hexdigest())
+    return EventFile(
+        path=path, records=records, line_numbers=numbers, digest=hashlib.sha256(data).hexdigest()
+    )
 
 
 class LabelError(ValueError):
@@ -109,6 +112,8 @@ class Labels:
 
     def get(self, event: FalcoEvent, line: int | None = None) -> Label | None:
         found = self.by_id.get(event.event_id)
+        if found is None and event.uuid:
+            found = self.by_id.get(event.uuid)
         if found is None and line is not None:
             found = self.by_line.get(line)
         return found

@@ -28,7 +28,8 @@ class Histogram(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         inner = np.asarray(self.edges[1:-1], dtype=np.float64)
         index = np.searchsorted(inner, np.asarray(values, dtype=np.float64), side="right")
         counts = np.bincount(index, minlength=len(self.fractions)).astype(np.float64)
-        return counts / max(1.0, counts.sum())
+        total: float = max(1.0, float(counts.sum()))
+        return counts / total
 
 
 def reference_histograms(x: npt.NDArray[np.floating], bins: int = 10) -> list[Histogram]:
