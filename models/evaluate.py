@@ -156,7 +156,8 @@ def write_report(
         written.append(directory / "roc.png")
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    bins = np.linspace(float(scores.min(initial=0.0)), float(scores.max(initial=1.0)), 80).tolist()
+    low, high = (float(scores.min()), float(scores.max())) if len(scores) else (0.0, 1.0)
+    bins = np.linspace(low, max(high, low + 1e-6), 80).tolist()
     ax.hist(scores[~attack], bins=bins, alpha=0.6, label=f"benign ({(~attack).sum()})", density=True)
     if attack.any():
         ax.hist(scores[attack], bins=bins, alpha=0.6, label=f"attack ({attack.sum()})", density=True)
