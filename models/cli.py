@@ -204,7 +204,7 @@ def _register_model(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--target-alert-rate",
         env="AERIE_TRAIN_TARGET_ALERT_RATE",
         type=_bounded(float, 1e-6, 0.5, "target alert rate"),
-        help="benign alert rate the threshold is calibrated for (default 0.005)",
+        help="benign alert rate the threshold is calibrated for (default 0.01)",
     )
     option(
         train,

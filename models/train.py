@@ -43,7 +43,7 @@ class TrainConfig:
     n_estimators: int = 100
     max_samples: int = 256
     max_features: float = 1.0
-    target_alert_rate: float = 0.005
+    target_alert_rate: float = 0.01
     warmup_fraction: float = 0.05
     calibration_fraction: float = 0.2
     fp_weight: int = 20
