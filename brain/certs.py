@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from aerie.proto.identity import identity_of, spiffe_id
+
 __all__ = ["DEFAULT_COMPONENTS", "Pki", "identity_of", "init_pki", "issue", "make_ca", "spiffe_id"]
 
 DEFAULT_COMPONENTS = (
@@ -36,12 +38,6 @@ DEFAULT_COMPONENTS = (
     "cli",
 )
 _VALIDITY = dt.timedelta(days=365)
-
-
-def spiffe_id(component: str) -> str:
-    """``agent-analyst`` → ``spiffe://aerie/agent/analyst``; ``edge`` → ``spiffe://aerie/edge``."""
-    kind, _, name = component.partition("-")
-    return f"spiffe://aerie/{kind}/{name}" if name else f"spiffe://aerie/{kind}"
 
 
 @dataclass(frozen=True)
@@ -149,17 +145,3 @@ def init_pki(directory: Path, components: Iterable[str] = DEFAULT_COMPONENTS) ->
     """A fresh CA and one certificate per component in ``directory``."""
     make_ca(directory)
     return {c: issue(directory, c) for c in components}
-
-
-def identity_of(cert_der_or_pem: bytes) -> str | None:
-    """The ``spiffe://`` URI SAN of a certificate, or None when it has none."""
-    if cert_der_or_pem.lstrip().startswith(b"-----"):
-        cert = x509.load_pem_x509_certificate(cert_der_or_pem)
-    else:
-        cert = x509.load_der_x509_certificate(cert_der_or_pem)
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return None
-    uris = [u for u in san.get_values_for_type(x509.UniformResourceIdentifier) if u.startswith("spiffe://")]
-    return uris[0] if uris else None

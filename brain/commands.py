@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "(gRPC, http_output, JSON lines) and print what arrived.",
     )
     option(demo, "--seed", env="AERIE_DEMO_SEED", type=int, default=7, help="scenario seed")
-    option(demo, "--events", env="AERIE_DEMO_EVENTS", type=int, default=3000, help="events to replay")
+    option(demo, "--events", env="AERIE_DEMO_EVENTS", type=int, default=6000, help="events to replay")
     option(demo, "--workdir", env="AERIE_DEMO_WORKDIR", type=Path, help="keep files here (default: temp dir)")
     demo.set_defaults(handler=_demo)
 

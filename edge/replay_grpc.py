@@ -11,15 +11,16 @@ falco-exporter, aerie's `GrpcInput`) can consume it:
 * ``version``: a Falco-like version (default ``0.43.0``, the last Falco with the gRPC server).
 
 Addresses (as Falco's ``grpc.bind_address``): ``unix:///path/falco.sock`` (no TLS: the socket's
-file permissions are the access control) or ``host:port`` with ``tls`` = `ServerTls` (mutual TLS:
-the server presents ``cert``/``key`` and requires a client certificate signed by ``ca``). Plain TCP
-is refused, as Falco refuses it. ``host:0`` binds a free port; `ReplayServer.address` tells which.
+file permissions are the access control) or ``host:port`` with ``tls`` = `aerie.edge.tls.ServerTls`
+with a ``ca`` (mutual TLS: the server presents ``cert``/``key`` and requires a client certificate
+signed by ``ca``). Plain TCP, or TLS without client certificates, is refused, as Falco refuses it.
+``host:0`` binds a free port; `ReplayServer.address` tells which.
 
 Feeding: `ReplayServer.feed` takes an iterable or async iterable of `FalcoEvent` (encoded with
 `encode_response`, as Falco fills responses), of ready ``falco.outputs.response`` messages, or of
 raw ``bytes`` sent as they are (tests use the last two to send malformed alerts). ``rate`` is the
-pace in events per second (0: as fast as the clients take them). `read_events` turns a JSON-lines
-file of Falco alerts into `FalcoEvent`s.
+pace in events per second (0: as fast as the clients take them). `aerie.edge.replay.read_events`
+turns a JSON-lines file of Falco alerts into `FalcoEvent`s.
 
 Usage, as ``aerie falco replay --events FILE --grpc ADDR --rate EPS`` wires it::
 
@@ -43,27 +44,24 @@ import contextlib
 import logging
 import re
 import stat
-from collections import Counter, deque
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import Any, Final
 
 import grpc
 
 from aerie.edge.inputs.grpc import GrpcAddress, parse_address
-from aerie.proto.event import DecodeError, FalcoEvent, decode_json
+from aerie.edge.replay import ReplayError, paced
+from aerie.edge.tls import ServerTls, grpc_server_credentials
+from aerie.proto.event import FalcoEvent
 from aerie.proto.falco import outputs_pb2, version_pb2
 from aerie.proto.grpc_codec import encode_response_bytes
 
 __all__ = [
     "DEFAULT_FALCO_VERSION",
-    "ReplayError",
     "ReplayServer",
     "ReplayStats",
     "Replayable",
-    "ServerTls",
-    "read_events",
     "serve_grpc",
 ]
 
@@ -73,20 +71,6 @@ DEFAULT_FALCO_VERSION: Final = "0.43.0"
 Replayable = FalcoEvent | outputs_pb2.response | bytes
 
 _SEMVER: Final = re.compile(r"(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?(?:\+([0-9A-Za-z.-]+))?\Z")
-
-
-class ReplayError(RuntimeError):
-    """The replay server cannot start, or could not deliver what it was fed."""
-
-
-@dataclass(frozen=True)
-class ServerTls:
-    """PEM files for mutual TLS: the server's certificate and key, and the CA that client
-    certificates must chain to (client certificates are required)."""
-
-    cert: Path
-    key: Path
-    ca: Path
 
 
 class ReplayStats:
@@ -140,15 +124,6 @@ def _to_wire(item: object) -> bytes:
     if isinstance(item, bytes | bytearray | memoryview):
         return bytes(item)
     raise ReplayError(f"cannot replay a {type(item).__name__}: expected FalcoEvent, response or bytes")
-
-
-async def _aiter(events: Iterable[Replayable] | AsyncIterable[Replayable]) -> AsyncIterator[Replayable]:
-    if isinstance(events, AsyncIterable):
-        async for item in events:
-            yield item
-    else:
-        for item in events:
-            yield item
 
 
 class _DeliveryQueue:
@@ -235,10 +210,11 @@ class ReplayServer:
             self._address: GrpcAddress = parse_address(address, allow_port_zero=True)
         except ValueError as exc:
             raise ReplayError(str(exc)) from None
-        if self._address.kind == "tcp" and tls is None:
+        if self._address.kind == "tcp" and (tls is None or not tls.mutual):
             raise ReplayError(
-                f"{address} is TCP, which Falco serves only with mutual TLS: give tls=ServerTls(...) "
-                "or use a unix socket (unix:///path/falco.sock)"
+                f"{address} is TCP, which Falco serves only with mutual TLS: give the server's "
+                "certificate and key and the CA client certificates must chain to, or use a unix "
+                "socket (unix:///path/falco.sock)"
             )
         if self._address.kind == "unix" and tls is not None:
             raise ReplayError(f"{address} is a unix socket, which Falco serves without TLS")
@@ -267,17 +243,6 @@ class ReplayServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-    def _credentials(self) -> Any:
-        assert self._tls is not None
-        try:
-            return grpc.ssl_server_credentials(
-                [(self._tls.key.read_bytes(), self._tls.cert.read_bytes())],
-                root_certificates=self._tls.ca.read_bytes(),
-                require_client_auth=True,
-            )
-        except OSError as exc:
-            raise ReplayError(f"cannot read TLS files: {exc}") from None
 
     def _check_socket_path(self) -> None:
         path = self._address.path
@@ -314,9 +279,12 @@ class ReplayServer:
                 self._check_socket_path()
                 server.add_insecure_port(self._address.target)
             else:
-                port = server.add_secure_port(self._address.target, self._credentials())
+                assert self._tls is not None  # the constructor refuses TCP without TLS
+                port = server.add_secure_port(self._address.target, grpc_server_credentials(self._tls))
                 host = self._address.host
                 self._bound = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        except ReplayError:  # ours (socket path, TLS files), already saying what is wrong
+            raise
         except RuntimeError as exc:  # grpc: "Failed to bind to address ..."
             raise ReplayError(f"cannot serve on {self._requested}: {exc}") from None
         await server.start()
@@ -342,18 +310,11 @@ class ReplayServer:
         self._feeder = asyncio.create_task(self._feed(events, rate), name="falco-replay-feed")
 
     async def _feed(self, events: Iterable[Replayable] | AsyncIterable[Replayable], rate: float) -> None:
-        loop = asyncio.get_running_loop()
-        start, n = loop.time(), 0
+        n = 0
         try:
-            async for item in _aiter(events):
+            async for item in paced(events, rate):
                 await self._queue.put(_to_wire(item))
                 n += 1
-                if rate > 0:
-                    delay = start + n / rate - loop.time()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                elif n % 256 == 0:
-                    await asyncio.sleep(0)  # let the streams take what is queued
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -448,25 +409,3 @@ async def serve_grpc(
     await server.start()
     server.feed(events, rate=rate)
     return server
-
-
-def read_events(path: Path, rejected: Counter[str] | None = None) -> Iterator[FalcoEvent]:
-    """Falco JSON alerts, one per line, from ``path`` → `FalcoEvent`s, lazily.
-
-    Blank lines are skipped; a line that does not decode is skipped, logged with its line number
-    and counted in ``rejected`` under its `DecodeError` reason. Raises `ReplayError` when the file
-    cannot be opened or read.
-    """
-    try:
-        with path.open("rb") as lines:
-            for number, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield decode_json(line)
-                except DecodeError as exc:
-                    if rejected is not None:
-                        rejected[exc.reason] += 1
-                    log.warning("%s:%d: skipped: %s", path, number, exc, extra={"reason": exc.reason})
-    except OSError as exc:
-        raise ReplayError(f"cannot read events from {path}: {exc}") from None

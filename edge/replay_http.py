@@ -21,47 +21,33 @@ Beyond Falco: ``rate`` paces the starts of the POSTs (events per second, ``0`` a
 possible), and ``concurrency`` > 1 uses several pooled connections for load tests (order across
 connections is then not kept).
 
-Failure modes: `ReplayError` for a URL that is not http(s) or TLS files that cannot be loaded
-(nothing was sent). Per-event failures are counted in `PostStats`, never raised; an event that
-cannot be written as Falco JSON at all is counted as ``unencodable``.
+Failure modes: `ReplayError` for a URL that is not http(s) (`check_url`), and `TlsError` (a
+`ReplayError`) for TLS files that cannot be loaded; nothing was sent then. Per-event failures are
+counted in `PostStats`, never raised; an event that cannot be written as Falco JSON at all is
+counted as ``unencodable``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-import ssl
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, Iterable
 from typing import Final
 
 import httpx
 import msgspec
 
+from aerie.edge.replay import ReplayError, paced
+from aerie.edge.tls import ClientTls, client_ssl_context
 from aerie.proto.event import FalcoEvent
 
-__all__ = ["FALCO_USER_AGENT", "ClientTls", "PostStats", "ReplayError", "post_events"]
+__all__ = ["FALCO_USER_AGENT", "PostStats", "check_url", "post_events"]
 
 FALCO_USER_AGENT: Final = "falcosecurity/falco"
 
 _ENCODER: Final = msgspec.json.Encoder()
 _CAMEL: Final = re.compile(r"(?<!^)(?=[A-Z])")
-
-
-class ReplayError(RuntimeError):
-    """The replay cannot start (bad URL, unreadable TLS material)."""
-
-
-class ClientTls(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Client-side TLS, Falco's ``ca_cert`` / ``client_cert`` / ``client_key``. Paths are PEM files.
-
-    ``ca`` None trusts the system store. ``cert`` and ``key`` together present a client
-    certificate (mutual TLS).
-    """
-
-    ca: str | None = None
-    cert: str | None = None
-    key: str | None = None
 
 
 class PostStats(msgspec.Struct, kw_only=True):
@@ -78,32 +64,20 @@ class PostStats(msgspec.Struct, kw_only=True):
         self.failures[reason] = self.failures.get(reason, 0) + 1
 
 
-def _ssl_context(tls: ClientTls | None) -> ssl.SSLContext | bool:
-    if tls is None:
-        return True
-    if (tls.cert is None) != (tls.key is None):
-        raise ReplayError("client TLS needs both cert and key, or neither")
+def check_url(url: str) -> httpx.URL:
+    """``url`` parsed; raises `ReplayError` unless it is ``http://`` or ``https://`` with a host."""
     try:
-        context = ssl.create_default_context(cafile=tls.ca)
-        if tls.cert is not None:
-            context.load_cert_chain(tls.cert, tls.key)
-    except (OSError, ssl.SSLError) as exc:
-        raise ReplayError(f"cannot load client TLS material: {exc}") from exc
-    return context
+        target = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise ReplayError(f"bad URL {url!r}: {exc}") from exc
+    if target.scheme not in ("http", "https") or not target.host:
+        raise ReplayError(f"URL must be http:// or https:// with a host, got {url!r}")
+    return target
 
 
 def _reason(exc: httpx.RequestError) -> str:
     """``httpx.ConnectError`` → ``connect_error``: a stable label for counters."""
     return _CAMEL.sub("_", type(exc).__name__).lower()
-
-
-async def _aiter(events: Iterable[FalcoEvent] | AsyncIterable[FalcoEvent]) -> AsyncIterator[FalcoEvent]:
-    if isinstance(events, AsyncIterable):
-        async for event in events:
-            yield event
-    else:
-        for event in events:
-            yield event
 
 
 async def post_events(
@@ -116,6 +90,7 @@ async def post_events(
     concurrency: int = 1,
     request_timeout: float = 10.0,
     max_consecutive_timeouts: int = 5,
+    stats: PostStats | None = None,
 ) -> PostStats:
     """POST every event to ``url`` like Falco's ``http_output``; see the module docstring.
 
@@ -124,85 +99,76 @@ async def post_events(
             ``JsonLinesInput(path).events()``).
         url: Falco's ``http_output.url``, e.g. ``https://edge:2801/``.
         rate: POST starts per second; ``0`` for as fast as the receiver answers.
-        tls: CA and optional client certificate for ``https`` URLs.
+        tls: CA and optional client certificate for ``https`` URLs (Falco's ``ca_cert``,
+            ``client_cert``, ``client_key``); None verifies against certifi's CA bundle.
         concurrency: connections / requests in flight (Falco: 1).
         request_timeout: seconds per attempt (connect, write, read each).
         max_consecutive_timeouts: extra attempts after a timeout, per event.
+        stats: where to count, as it happens (so that a caller who cancels the replay still has
+            the counts); a new `PostStats` when None.
 
     Returns the counts; raises `ReplayError` only before anything is sent.
     """
     if rate < 0 or concurrency < 1 or max_consecutive_timeouts < 0:
         raise ReplayError("rate must be >= 0, concurrency >= 1, max_consecutive_timeouts >= 0")
-    try:
-        target = httpx.URL(url)
-    except httpx.InvalidURL as exc:
-        raise ReplayError(f"bad URL {url!r}: {exc}") from exc
-    if target.scheme not in ("http", "https") or not target.host:
-        raise ReplayError(f"URL must be http:// or https:// with a host, got {url!r}")
-    verify = _ssl_context(tls)
+    target = check_url(url)
+    # No tls: httpx's default verification (certifi's CA bundle).
+    verify = client_ssl_context(tls) if tls is not None else True
     headers = {"user-agent": user_agent, "accept": "*/*", "content-type": "application/json"}
-    stats = PostStats()
+    stats = stats if stats is not None else PostStats()
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    loop = asyncio.get_running_loop()
     started = time.perf_counter()
+    try:
+        async with httpx.AsyncClient(
+            verify=verify, headers=headers, timeout=request_timeout, limits=limits, trust_env=False
+        ) as client:
 
-    async with httpx.AsyncClient(
-        verify=verify, headers=headers, timeout=request_timeout, limits=limits, trust_env=False
-    ) as client:
+            async def post(body: bytes) -> None:
+                attempts = 0
+                while True:
+                    try:
+                        response = await client.post(target, content=body)
+                    except httpx.TimeoutException as exc:
+                        if attempts < max_consecutive_timeouts:
+                            attempts += 1
+                            stats.retries += 1
+                            continue
+                        stats.record_failure(_reason(exc))
+                        return
+                    except httpx.RequestError as exc:  # transport, protocol, response decoding
+                        stats.record_failure(_reason(exc))
+                        return
+                    if 200 <= response.status_code < 300:
+                        stats.sent += 1
+                    else:
+                        stats.record_failure(f"http_{response.status_code}")
+                    return
 
-        async def post(body: bytes) -> None:
-            attempts = 0
-            while True:
+            slots = asyncio.Semaphore(concurrency)
+            in_flight: set[asyncio.Task[None]] = set()
+
+            async def post_in_slot(body: bytes) -> None:
                 try:
-                    response = await client.post(target, content=body)
-                except httpx.TimeoutException as exc:
-                    if attempts < max_consecutive_timeouts:
-                        attempts += 1
-                        stats.retries += 1
-                        continue
-                    stats.record_failure(_reason(exc))
-                    return
-                except httpx.RequestError as exc:  # transport, protocol, response decoding
-                    stats.record_failure(_reason(exc))
-                    return
-                if 200 <= response.status_code < 300:
-                    stats.sent += 1
-                else:
-                    stats.record_failure(f"http_{response.status_code}")
-                return
+                    await post(body)
+                finally:
+                    slots.release()
 
-        slots = asyncio.Semaphore(concurrency)
-        in_flight: set[asyncio.Task[None]] = set()
-
-        async def post_in_slot(body: bytes) -> None:
-            try:
-                await post(body)
-            finally:
-                slots.release()
-
-        first = loop.time()
-        index = 0
-        async for event in _aiter(events):
-            if rate > 0:
-                delay = first + index / rate - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            index += 1
-            try:
-                body = _ENCODER.encode(event.to_falco_json())
-            except (ValueError, OverflowError, TypeError, msgspec.EncodeError):
-                # A time outside what RFC 3339 can write, for one: that event fails, not the replay.
-                stats.record_failure("unencodable")
-                continue
-            if concurrency == 1:
-                await post(body)
-                continue
-            await slots.acquire()
-            task = asyncio.create_task(post_in_slot(body))
-            in_flight.add(task)
-            task.add_done_callback(in_flight.discard)
-        if in_flight:
-            await asyncio.gather(*in_flight)
-
-    stats.elapsed_s = time.perf_counter() - started
+            async for event in paced(events, rate):
+                try:
+                    body = _ENCODER.encode(event.to_falco_json())
+                except (ValueError, OverflowError, TypeError, msgspec.EncodeError):
+                    # A time outside what RFC 3339 can write, for one: that event fails, not the replay.
+                    stats.record_failure("unencodable")
+                    continue
+                if concurrency == 1:
+                    await post(body)
+                    continue
+                await slots.acquire()
+                task = asyncio.create_task(post_in_slot(body))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+            if in_flight:
+                await asyncio.gather(*in_flight)
+    finally:
+        stats.elapsed_s = time.perf_counter() - started
     return stats

@@ -3,7 +3,7 @@
 An input is an async source of `FalcoEvent`s. It never raises on a bad record: the record is counted
 as rejected with a reason and skipped (per-record failures are values, not crashes). It raises only
 when it cannot go on at all (a file that does not exist, a socket that cannot be bound), and then
-with `InputError`.
+with `InputError` (defined with the edge's other exceptions in `aerie.edge.errors`).
 """
 
 from __future__ import annotations
@@ -13,13 +13,10 @@ import threading
 from collections import Counter
 from collections.abc import AsyncIterator
 
+from aerie.edge.errors import InputError
 from aerie.proto.event import FalcoEvent
 
 __all__ = ["FalcoInput", "InputError", "InputStats"]
-
-
-class InputError(RuntimeError):
-    """An input that cannot start or continue (configuration, bind, missing file)."""
 
 
 class InputStats:

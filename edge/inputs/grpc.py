@@ -5,15 +5,19 @@ Addresses (the same syntax as Falco's ``grpc.bind_address``, see `parse_address`
 * ``unix:///run/falco/falco.sock`` (the default) or ``unix:relative/path``: a unix socket. Insecure
   by design, as in Falco: access is controlled by the socket file's permissions.
 * ``host:port`` (``127.0.0.1:5060``, ``[::1]:5060``, ``falco.falco.svc:5060``): TCP, which Falco only
-  serves with mutual TLS. A TCP address without ``ca``, ``cert`` and ``key`` is refused with
-  `InputError` before anything connects.
+  serves with mutual TLS. A TCP address without ``tls`` = `ClientTls` with ``ca``, ``cert`` and
+  ``key`` is refused with `InputError` before anything connects.
 
 On every connection the input first calls ``falco.version.service/version`` and logs Falco's
 version (logger ``aerie.edge.inputs.grpc``, fields in ``extra``), then streams alerts:
 
 * ``mode="sub"`` (default): the bidirectional ``falco.outputs.service/sub``. Falco streams the
-  alerts queued when a request arrives and then waits for the next request, so, as Falco's own
-  clients do, a request is sent every ``poll_interval_s`` for as long as the stream lives.
+  alerts queued when a request arrives, one after the other, and when its queue is empty waits
+  for the next request. So, as Falco's own Go client does (``OutputsWatch``), the input sends a
+  request when the stream opens and then again whenever it has waited ``poll_interval_s`` for an
+  alert in vain — never while alerts are flowing or waiting to be read. (A request written while
+  alerts sit unread in gRPC's buffer is useless, and if the server ends the stream meanwhile —
+  Falco shutting down, a replay finishing — gRPC fails the call with INTERNAL and drops them.)
 * ``mode="get"``: ``falco.outputs.service/get`` returns what is queued and ends; it is called
   again every ``poll_interval_s``.
 
@@ -47,6 +51,7 @@ import grpc
 import msgspec
 
 from aerie.edge.inputs.base import FalcoInput, InputError
+from aerie.edge.tls import ClientTls, TlsError, grpc_channel_credentials
 from aerie.proto.event import DecodeError, FalcoEvent
 from aerie.proto.falco import outputs_pb2, version_pb2
 from aerie.proto.grpc_codec import decode_response_bytes
@@ -118,13 +123,12 @@ def parse_address(address: str, *, allow_port_zero: bool = False) -> GrpcAddress
 
 
 class GrpcInputConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Settings of `GrpcInput`. ``ca``/``cert``/``key`` are PEM file paths, read at every connection
-    (so rotated certificates are picked up); all three are required for TCP and refused for unix."""
+    """Settings of `GrpcInput`. ``tls`` (``ca``, ``cert`` and ``key``, all three) is required for TCP
+    and refused for unix; its files are read at every connection, so rotated certificates are
+    picked up."""
 
     address: str = DEFAULT_ADDRESS
-    ca: str | None = None
-    cert: str | None = None
-    key: str | None = None
+    tls: ClientTls | None = None
     server_name: str | None = None
     """TLS name to check the server certificate against, when it is not the host in ``address``."""
     mode: Literal["sub", "get"] = "sub"
@@ -169,33 +173,25 @@ class ConnectionStats:
         return f"ConnectionStats({self.snapshot()!r})"
 
 
-def _require_file(field: str, value: str) -> None:
-    if not Path(value).is_file():
-        raise InputError(f"grpc input: {field} file {value!r} does not exist")
-
-
 def _validate(config: GrpcInputConfig) -> GrpcAddress:
     try:
         address = parse_address(config.address)
     except ValueError as exc:
         raise InputError(f"grpc input: address: {exc}") from None
-    tls = {"ca": config.ca, "cert": config.cert, "key": config.key}
-    given = {name for name, value in tls.items() if value}
+    # The files themselves were checked when the ClientTls was made.
+    tls = config.tls
     if address.kind == "tcp":
-        if given != set(tls):
-            missing = ", ".join(sorted(set(tls) - given))
+        missing = tls.missing_for_mutual_tls() if tls is not None else ["ca", "cert", "key"]
+        if missing:
             raise InputError(
                 f"grpc input: {config.address} is TCP, which Falco serves only with mutual TLS; "
-                f"set ca, cert and key (missing: {missing}), or use Falco's unix socket "
-                f"(e.g. {DEFAULT_ADDRESS})"
+                f"set tls with ca, cert and key (missing: {', '.join(missing)}), or use Falco's "
+                f"unix socket (e.g. {DEFAULT_ADDRESS})"
             )
-        for name, value in tls.items():
-            if value:
-                _require_file(name, value)
-    elif given or config.server_name:
+    elif tls is not None or config.server_name:
         raise InputError(
             f"grpc input: {config.address} is a unix socket, which Falco serves without TLS; "
-            "remove ca/cert/key/server_name or use a host:port address"
+            "remove tls/server_name or use a host:port address"
         )
     if config.poll_interval_s <= 0 or config.connect_timeout_s <= 0:
         raise InputError("grpc input: poll_interval_s and connect_timeout_s must be > 0")
@@ -217,6 +213,9 @@ class GrpcInput(FalcoInput):
         self._closed = False
         self._wake = asyncio.Event()
         self._call: Any = None  # the gRPC call in flight, cancelled by close()
+        # When the reader began waiting for the next alert (None while it is not waiting): the
+        # sub stream asks Falco for more only after a whole poll interval of waiting.
+        self._waiting_since: float | None = None
 
     def closed(self) -> bool:
         """True once `close` was called. (A method: it changes across awaits.)"""
@@ -228,15 +227,11 @@ class GrpcInput(FalcoInput):
     def _channel(self) -> Any:
         if self.address.kind == "unix":
             return grpc.aio.insecure_channel(self.address.target, options=_CHANNEL_OPTIONS)
-        ca, cert, key = self.config.ca or "", self.config.cert or "", self.config.key or ""
+        assert self.config.tls is not None  # _validate: TCP has tls
         try:
-            credentials = grpc.ssl_channel_credentials(
-                root_certificates=Path(ca).read_bytes(),
-                private_key=Path(key).read_bytes(),
-                certificate_chain=Path(cert).read_bytes(),
-            )
-        except OSError as exc:
-            raise _ConnectFailed("tls_files", f"cannot read TLS files: {exc}") from None
+            credentials = grpc_channel_credentials(self.config.tls)
+        except TlsError as exc:  # mid-rotation, say: counted, and tried again after a backoff
+            raise _ConnectFailed("tls_files", str(exc)) from None
         options: tuple[tuple[str, Any], ...] = _CHANNEL_OPTIONS
         if self.config.server_name:
             options += (("grpc.ssl_target_name_override", self.config.server_name),)
@@ -305,9 +300,16 @@ class GrpcInput(FalcoInput):
         )
 
     async def _requests(self) -> AsyncIterator[outputs_pb2.request]:
+        """One request now, then one each time the reader has waited a poll interval in vain."""
+        loop = asyncio.get_running_loop()
+        poll = self.config.poll_interval_s
         while True:
             yield _REQUEST
-            await asyncio.sleep(self.config.poll_interval_s)
+            await asyncio.sleep(poll)
+            # A timestamp checked once a poll interval, not an Event: setting an Event per alert
+            # would put a task wake-up on the hot path.
+            while (since := self._waiting_since) is None or (waited := loop.time() - since) < poll:  # noqa: ASYNC110
+                await asyncio.sleep(poll if since is None else poll - waited)
 
     async def _stream(self, channel: Any) -> AsyncIterator[FalcoEvent]:
         # Responses arrive as raw bytes (no deserializer): a message that does not parse must be
@@ -327,8 +329,13 @@ class GrpcInput(FalcoInput):
 
     async def _read(self, call: Any) -> AsyncIterator[FalcoEvent]:
         stats = self.stats
+        loop = asyncio.get_running_loop()
         while not self.closed():
-            raw = await call.read()
+            self._waiting_since = loop.time()
+            try:
+                raw = await call.read()
+            finally:
+                self._waiting_since = None
             if raw is grpc.aio.EOF:
                 return
             stats.record_received()

@@ -54,22 +54,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, MutableMapping
 from typing import Any, Final
 
-import msgspec
 import uvicorn
-from cryptography import x509
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from aerie.edge.inputs.base import FalcoInput, InputError
+from aerie.edge.tls import ServerTls, TlsError, server_ssl_context
 from aerie.proto.event import DecodeError, FalcoEvent, decode_json
+from aerie.proto.identity import identity_of
 
-__all__ = ["DOCUMENTED_STATUSES", "HttpInput", "ServerTls"]
+__all__ = ["DOCUMENTED_STATUSES", "HttpInput"]
 
 log = logging.getLogger(__name__)
 
@@ -86,20 +85,6 @@ _TEXT: Final = (b"content-type", b"text/plain; charset=utf-8")
 _NOSNIFF: Final = (b"x-content-type-options", b"nosniff")
 
 
-class ServerTls(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Server-side TLS for `HttpInput`. Paths are PEM files.
-
-    ``ca`` plus ``require_client_cert`` gives mutual TLS: a peer without a certificate signed by
-    ``ca`` fails the handshake. ``ca`` without ``require_client_cert`` verifies a certificate when
-    one is offered but lets anonymous clients in.
-    """
-
-    cert: str
-    key: str
-    ca: str | None = None
-    require_client_cert: bool = True
-
-
 class _Closed:
     """Queue sentinel: everything before it was accepted and must still be yielded."""
 
@@ -114,7 +99,8 @@ class HttpInput(FalcoInput):
         host, port: where to listen; ``port=0`` picks a free port, readable from `port` after
             `start`.
         path: the only path POSTs are accepted on, or None for any path.
-        tls: server certificate and optional client-certificate verification (mTLS).
+        tls: server certificate and optional client-certificate verification (`ServerTls`; with
+            its ``ca`` and ``require_client_cert``, mutual TLS).
         allowed_identities: SPIFFE URIs (``spiffe://aerie/falco``) allowed to post; needs ``tls``
             with ``require_client_cert``. None allows any peer the CA accepted.
         max_body: largest accepted body in bytes; larger ones are refused with 413 without being
@@ -145,7 +131,7 @@ class HttpInput(FalcoInput):
             raise InputError("http input: max_body and queue_size must be positive")
         if path is not None and not path.startswith("/"):
             raise InputError(f"http input: path must start with '/', got {path!r}")
-        if allowed_identities is not None and (tls is None or not tls.ca or not tls.require_client_cert):
+        if allowed_identities is not None and (tls is None or not tls.mutual):
             raise InputError("http input: allowed_identities needs tls with a ca and require_client_cert")
         self.host = host
         self._port = port
@@ -213,19 +199,8 @@ class HttpInput(FalcoInput):
         tls = self.tls
         ssl_options: dict[str, Any] = {}
         if tls is not None:
-            ssl_options = {
-                "ssl_certfile": tls.cert,
-                "ssl_keyfile": tls.key,
-                "ssl_ca_certs": tls.ca,
-                "ssl_cert_reqs": (
-                    ssl.CERT_REQUIRED
-                    if tls.ca and tls.require_client_cert
-                    else ssl.CERT_OPTIONAL
-                    if tls.ca
-                    else ssl.CERT_NONE
-                ),
-                "ssl_context_factory": _tls12_or_newer,
-            }
+            # uvicorn calls the factory in config.load(): the files are read at every start.
+            ssl_options = {"ssl_context_factory": lambda _config, _default: server_ssl_context(tls)}
         config = uvicorn.Config(
             self.app,
             interface="asgi3",
@@ -242,6 +217,8 @@ class HttpInput(FalcoInput):
         )
         try:
             config.load()
+        except TlsError as exc:
+            raise InputError(f"http input: {exc}") from None
         except (OSError, ssl.SSLError, ValueError) as exc:
             raise InputError(f"http input: cannot load TLS material: {exc}") from exc
         return config
@@ -503,25 +480,7 @@ def _peer_identity(scope: Scope) -> str | None:
     if not chain:
         return None
     pem = next(iter(chain), None)
-    return _identity_of_pem(pem) if isinstance(pem, str) else None
-
-
-@functools.lru_cache(maxsize=256)
-def _identity_of_pem(pem: str) -> str | None:
-    # Cached: the same peer certificate arrives with every alert on a kept-alive connection.
-    try:
-        cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (ValueError, UnicodeEncodeError, x509.ExtensionNotFound):
-        return None
-    uris = [u for u in san.get_values_for_type(x509.UniformResourceIdentifier) if u.startswith("spiffe://")]
-    return uris[0] if uris else None
-
-
-def _tls12_or_newer(config: uvicorn.Config, default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
-    context = default()
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return context
+    return identity_of(pem) if isinstance(pem, str) else None
 
 
 class _IdentityHttpToolsProtocol(HttpToolsProtocol):

@@ -17,14 +17,9 @@ import pytest
 from aerie.brain.certs import Pki
 from aerie.edge.inputs.base import InputError
 from aerie.edge.inputs.grpc import GrpcInput, GrpcInputConfig, parse_address
-from aerie.edge.replay_grpc import (
-    Replayable,
-    ReplayError,
-    ReplayServer,
-    ServerTls,
-    read_events,
-    serve_grpc,
-)
+from aerie.edge.replay import ReplayError, read_events
+from aerie.edge.replay_grpc import Replayable, ReplayServer, serve_grpc
+from aerie.edge.tls import ClientTls, ServerTls
 from aerie.proto.event import FalcoEvent, Priority
 from aerie.proto.falco import outputs_pb2, outputs_pb2_grpc, version_pb2, version_pb2_grpc
 from aerie.proto.grpc_codec import encode_response
@@ -86,7 +81,7 @@ def stubs(channel: Any) -> tuple[Any, Any]:
 
 
 def tls_of(pki: Pki) -> ServerTls:
-    return ServerTls(cert=pki.cert, key=pki.key, ca=pki.ca)
+    return ServerTls(cert=str(pki.cert), key=str(pki.key), ca=str(pki.ca))
 
 
 async def wait_until(condition: Callable[[], bool], what: str) -> None:
@@ -159,7 +154,9 @@ def test_plain_tcp_is_refused_like_falco(pki: dict[str, Pki]) -> None:
         GrpcInput(GrpcInputConfig(address="127.0.0.1:5060"))
     with pytest.raises(InputError, match="missing: key"):
         GrpcInput(
-            GrpcInputConfig(address="127.0.0.1:5060", ca=str(pki["edge"].ca), cert=str(pki["edge"].cert))
+            GrpcInputConfig(
+                address="127.0.0.1:5060", tls=ClientTls(ca=str(pki["edge"].ca), cert=str(pki["edge"].cert))
+            )
         )
     with pytest.raises(ReplayError, match="mutual TLS"):
         ReplayServer("127.0.0.1:0")
@@ -168,14 +165,12 @@ def test_plain_tcp_is_refused_like_falco(pki: dict[str, Pki]) -> None:
 def test_bad_config_is_refused_early(pki: dict[str, Pki], tmp_path: Path) -> None:
     edge = pki["edge"]
     with pytest.raises(InputError, match="unix socket"):
-        GrpcInput(GrpcInputConfig(address="unix:///run/falco.sock", ca=str(edge.ca)))
+        GrpcInput(GrpcInputConfig(address="unix:///run/falco.sock", tls=ClientTls(ca=str(edge.ca))))
     with pytest.raises(InputError, match="does not exist"):
         GrpcInput(
             GrpcInputConfig(
                 address="127.0.0.1:5060",
-                ca=str(tmp_path / "nope.crt"),
-                cert=str(edge.cert),
-                key=str(edge.key),
+                tls=ClientTls(ca=str(tmp_path / "nope.crt"), cert=str(edge.cert), key=str(edge.key)),
             )
         )
     with pytest.raises(InputError, match="address"):
@@ -225,7 +220,9 @@ async def test_mtls_tcp_events_arrive_equal(pki: dict[str, Pki], collectors: lis
     try:
         edge = pki["edge"]
         client = start(
-            collectors, address=server.address, ca=str(edge.ca), cert=str(edge.cert), key=str(edge.key)
+            collectors,
+            address=server.address,
+            tls=ClientTls(ca=str(edge.ca), cert=str(edge.cert), key=str(edge.key)),
         )
         assert await client.until(len(events)) == events
         assert client.source.connection.connects == 1
@@ -291,9 +288,7 @@ async def test_client_cert_from_another_ca_is_refused(
         client = start(
             collectors,
             address=server.address,
-            ca=str(pki["edge"].ca),
-            cert=str(foreign_pki.cert),
-            key=str(foreign_pki.key),
+            tls=ClientTls(ca=str(pki["edge"].ca), cert=str(foreign_pki.cert), key=str(foreign_pki.key)),
         )
         conn = client.source.connection
         await wait_until(lambda: conn.failures.total() >= 3, "repeated refusals")
@@ -418,3 +413,34 @@ async def test_stop_before_delivery_is_reported(sock: str) -> None:
     await server.stop()
     with pytest.raises(ReplayError, match="3 events undelivered"):
         await server.wait_delivered()
+
+
+async def test_everything_written_arrives_when_the_server_ends_the_stream(sock: str) -> None:
+    """The replay ends its streams at the client's next request; a client still reading a backlog
+    must get all of it. (A request written while alerts sit unread made gRPC fail the call with
+    INTERNAL and drop them; the input asks again only after waiting a poll interval in vain.)"""
+    events = make_events(1500)
+    server = await serve_grpc(events, sock)
+    source = GrpcInput(GrpcInputConfig(address=sock, **FAST))  # type: ignore[arg-type]
+    got: list[FalcoEvent] = []
+
+    async def slow_reader() -> None:
+        async for event in source.events():
+            got.append(event)
+            if len(got) % 100 == 0:
+                await asyncio.sleep(0.03)  # longer than the poll interval: a backlog builds up
+
+    reader = asyncio.create_task(slow_reader())
+    try:
+        async with asyncio.timeout(DEADLINE_S):
+            await server.wait_delivered()
+        await server.stop(grace_s=DEADLINE_S)
+        await wait_until(lambda: len(got) >= len(events) or source.connection.failures.total() > 0, "the end")
+        assert got == events
+        await wait_until(lambda: source.connection.failures.total() > 0, "the stream's end is noticed")
+        assert source.connection.failures["stream_ended"] == 1
+        assert "INTERNAL" not in source.connection.failures
+    finally:
+        await source.close()
+        async with asyncio.timeout(DEADLINE_S):
+            await reader

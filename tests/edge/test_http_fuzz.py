@@ -20,7 +20,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from aerie.edge.inputs.http import DOCUMENTED_STATUSES, HttpInput, ServerTls
+from aerie.edge.inputs.http import DOCUMENTED_STATUSES, HttpInput
+from aerie.edge.tls import ServerTls
 from aerie.proto.event import decode_json
 
 pytestmark = pytest.mark.timeout(240)
@@ -173,16 +174,22 @@ json_type = st.sampled_from([[(b"content-type", b"application/json")], []])
 
 
 @st.composite
-def inputs(draw: st.DrawFn) -> HttpInput:
+def inputs(draw: st.DrawFn, tls: ServerTls) -> HttpInput:
     """An input with fuzzed settings (TLS files are only read at start, which never happens here)."""
     identities = draw(st.sampled_from([None, {"spiffe://aerie/falco"}]))
     return HttpInput(
         path=draw(st.sampled_from([None, None, "/falco"])),
         max_body=draw(st.sampled_from([64, 1000, 1 << 20])),
         queue_size=draw(st.sampled_from([1, 3, 1000])),
-        tls=ServerTls(cert="unused.crt", key="unused.key", ca="unused-ca.crt") if identities else None,
+        tls=tls if identities else None,
         allowed_identities=identities,
     )
+
+
+@pytest.fixture(scope="module")
+def server_tls(pki: dict[str, Any]) -> ServerTls:
+    edge = pki["edge"]
+    return ServerTls(cert=str(edge.cert), key=str(edge.key), ca=str(edge.ca))
 
 
 @pytest.fixture(scope="module")
@@ -193,9 +200,9 @@ def peer_pems(pki: dict[str, Any]) -> list[str | None]:
 @settings(FUZZ, max_examples=1500)
 @given(data=st.data())
 def test_asgi_app_answers_every_request_with_a_documented_status(
-    runner: asyncio.Runner, peer_pems: list[str | None], data: st.DataObject
+    runner: asyncio.Runner, server_tls: ServerTls, peer_pems: list[str | None], data: st.DataObject
 ) -> None:
-    inp = data.draw(inputs())
+    inp = data.draw(inputs(server_tls))
     prefill = data.draw(st.integers(0, 4))
     closing = data.draw(st.sampled_from([False] * 9 + [True]))
     method = data.draw(methods)

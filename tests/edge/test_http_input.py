@@ -14,7 +14,8 @@ import pytest
 
 from aerie.brain.certs import Pki
 from aerie.edge.inputs.base import InputError
-from aerie.edge.inputs.http import HttpInput, ServerTls, _Headers
+from aerie.edge.inputs.http import HttpInput, _Headers
+from aerie.edge.tls import ServerTls
 from aerie.proto.event import FalcoEvent, decode_json
 
 JSON = {"content-type": "application/json"}
@@ -347,9 +348,10 @@ async def test_mtls_identity_allow_list(pki: dict[str, Pki]) -> None:
 
 
 async def test_unreadable_tls_material_is_input_error(tmp_path: Any, pki: dict[str, Pki]) -> None:
-    missing = ServerTls(cert=str(tmp_path / "nope.crt"), key=str(tmp_path / "nope.key"))
     with pytest.raises(InputError, match="TLS"):
-        await HttpInput(tls=missing).start()
+        await HttpInput(
+            tls=ServerTls(cert=str(tmp_path / "nope.crt"), key=str(tmp_path / "nope.key"))
+        ).start()
     mismatched = ServerTls(cert=str(pki["edge"].cert), key=str(pki["falco"].key))
     with pytest.raises(InputError, match="TLS"):
         await HttpInput(tls=mismatched).start()

@@ -12,9 +12,11 @@ import msgspec
 import pytest
 
 from aerie.brain.certs import Pki
-from aerie.edge.inputs.http import HttpInput, ServerTls
+from aerie.edge.inputs.http import HttpInput
 from aerie.edge.inputs.jsonlines import JsonLinesInput
-from aerie.edge.replay_http import FALCO_USER_AGENT, ClientTls, ReplayError, post_events
+from aerie.edge.replay import ReplayError
+from aerie.edge.replay_http import FALCO_USER_AGENT, post_events
+from aerie.edge.tls import ClientTls, ServerTls
 from aerie.proto.event import FalcoEvent, Priority
 
 
@@ -223,10 +225,10 @@ def iter_events() -> Iterator[FalcoEvent]:
     [
         ("ftp://127.0.0.1/", None),
         ("not a url", None),
-        ("http://127.0.0.1:1/", ClientTls(cert="/nonexistent.crt")),
-        ("https://127.0.0.1:1/", ClientTls(ca="/nonexistent-ca.crt")),
+        ("http://127.0.0.1:1/", {"cert": "/nonexistent.crt"}),
+        ("https://127.0.0.1:1/", {"ca": "/nonexistent-ca.crt"}),
     ],
 )
 async def test_unusable_configuration_raises_before_sending(url: str, tls: Any) -> None:
     with pytest.raises(ReplayError):
-        await post_events(iter_events(), url, rate=0, tls=tls)
+        await post_events(iter_events(), url, rate=0, tls=ClientTls(**tls) if tls else None)

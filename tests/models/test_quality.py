@@ -1,10 +1,10 @@
 """The model catches the attack scenarios on a corpus seed it was not trained on.
 
-Trained on a benign-only corpus (a known-clean period), evaluated on another seed with attacks:
-the issue's bar is ≥ 95 % of attack events at ≤ 1 % benign alert rate; on this smaller corpus the
-test asks for 90 % so it fails on real regressions, not on seed noise. Default-size corpora
-(100k events a day): smaller ones give the per-workload tables too little history. Every scenario, including the
-one built only from individually ordinary events, must be detected.
+Trained on a benign-only corpus (a known-clean period), evaluated on another seed with attacks, both
+of the default size (100k events a day: smaller corpora give the per-workload tables too little
+history). The issue's bar is ≥ 95 % of attack events at ≤ 1 % benign alert rate; the test asks for
+90 % so it fails on real regressions, not on seed noise. Every scenario, including the one built
+only from individually ordinary events, must be detected.
 """
 
 from __future__ import annotations
