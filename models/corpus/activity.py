@@ -177,9 +177,9 @@ class Activity:
 
         The child inherits user, working directory, terminal, login uid and container from the
         parent unless told otherwise (``container=True`` means "the parent's"). ``dropped_at`` marks
-        a binary written into the container's upper layer at that time; ``memfd`` one executed from
-        a memfd. ``emit=False`` creates the process without an ``execve`` event (a fork, or a
-        process started before the corpus window).
+        a binary written at that time (into the container's upper layer, or onto the /dev/shm tmpfs,
+        which sets no layer flag); ``memfd`` one executed from a memfd. ``emit=False`` creates the
+        process without an ``execve`` event (a fork, or a process started before the corpus window).
         """
         argv0 = command.partition(" ")[0]
         base = argv0.rsplit("/", 1)[-1]
@@ -189,6 +189,9 @@ class Activity:
         flags = None
         if memfd:
             flags = "EXE_WRITABLE|EXE_FROM_MEMFD" if the_uid == 0 else "EXE_FROM_MEMFD"
+        elif dropped_at is not None and _on_tmpfs(path):
+            # /dev/shm is a tmpfs of its own, not part of the container's overlay: no layer flag.
+            flags = "EXE_WRITABLE"
         elif dropped_at is not None:
             flags = "EXE_WRITABLE|EXE_UPPER_LAYER"
         proc = Proc(
@@ -347,6 +350,11 @@ class Activity:
         s = self._sys(t, proc, "k8s_audit", label)
         s.args = dict(fields)
         return s
+
+
+def _on_tmpfs(path: str) -> bool:
+    """Whether an executable at ``path`` sits on a container's /dev/shm tmpfs rather than its overlay."""
+    return path == "/dev/shm" or path.startswith("/dev/shm/")
 
 
 def _local_ip(proc: Proc) -> str:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any, Final
 
 from aerie.proto.event import FieldValue, Priority
@@ -342,43 +343,59 @@ _AWS_MARKERS: Final = (
 _API_SERVER_IP: Final = "10.96.0.1"
 _METADATA_IP: Final = "169.254.169.254"
 
-# What aerie's "sensitive file opened" rule watches (credentials a pod or node should rarely read).
+# What aerie's "sensitive file opened" rule watches (credentials a pod or node should rarely read),
+# term for term as its Falco condition writes it: exact names (`in`), path prefixes (`pmatch`: the
+# path itself or anything below it), name endings (`endswith`) and one `glob`.
+SENSITIVE_NAMES: Final = frozenset({"/etc/shadow", "/etc/gshadow", "/etc/sudoers"})
 SENSITIVE_PREFIXES: Final = (
-    "/etc/shadow",
-    "/etc/gshadow",
-    "/etc/sudoers",
-    "/etc/pam.d/",
-    "/etc/kubernetes/",
-    "/etc/ssl/private/",
-    "/root/.ssh/",
-    "/root/.aws/",
-    "/root/.kube/",
-    "/var/lib/kubelet/pki/",
-    "/var/run/secrets/kubernetes.io/",
-    "/run/secrets/kubernetes.io/",
-    "/proc/sys/kernel/",
+    "/etc/pam.d",
+    "/etc/kubernetes",
+    "/etc/ssl/private",
+    "/root/.ssh",
+    "/root/.aws",
+    "/root/.kube",
+    "/var/lib/kubelet/pki",
+    "/var/run/secrets/kubernetes.io",
+    "/run/secrets/kubernetes.io",
+    "/proc/sys/kernel",
 )
-_SENSITIVE_SUFFIXES: Final = (
-    "/.aws/credentials",
-    "/.kube/config",
-    "/.ssh/id_rsa",
-    "/.ssh/id_ed25519",
-    "/.pgpass",
-)
-RUNTIME_SOCKETS: Final = (
-    "/run/containerd/containerd.sock",
-    "/var/run/docker.sock",
-    "/var/run/crio/crio.sock",
-    "/var/run/cri-dockerd.sock",
-)
+SENSITIVE_SUFFIXES: Final = ("/.aws/credentials", "/.kube/config", "/.pgpass")
+_ENVIRON_GLOB: Final = "/proc/*/environ"
+# What "aerie: file opened for writing" leaves out: `not fd.name pmatch (...)` and
+# `not fd.directory in (...)`.
+WRITE_EXCLUDED_PREFIXES: Final = ("/dev", "/proc/self", "/sys/fs/cgroup")
+WRITE_EXCLUDED_DIRS: Final = frozenset({"/tmp/.X11-unix"})
+# The unix-socket half of "aerie: outbound connection": `fd.name endswith .sock and (fd.name contains
+# containerd or fd.name contains docker or fd.name contains crio)`.
+_RUNTIME_SOCKET_WORDS: Final = ("containerd", "docker", "crio")
+
+
+def pmatch(path: str, prefixes: Sequence[str]) -> bool:
+    """Falco's ``pmatch``: ``path`` is one of ``prefixes`` or lies below one (whole components only).
+
+    ``/etc/pam.d`` matches ``/etc/pam.d`` and ``/etc/pam.d/sshd`` but not ``/etc/pam.dx``.
+    """
+    return any(path == p or path.startswith(p.rstrip("/") + "/") for p in prefixes)
+
+
+def falco_glob(path: str, pattern: str) -> bool:
+    """Falco's ``glob`` (fnmatch without FNM_PATHNAME: ``*`` also matches ``/``; case-sensitive)."""
+    return fnmatchcase(path, pattern)
 
 
 def is_sensitive_path(path: str) -> bool:
+    """Whether "aerie: sensitive file opened" watches ``path`` (the name part of its condition)."""
     return (
-        path.startswith(SENSITIVE_PREFIXES)
-        or path.endswith(_SENSITIVE_SUFFIXES)
-        or (path.startswith("/proc/") and path.endswith("/environ"))
+        path in SENSITIVE_NAMES
+        or pmatch(path, SENSITIVE_PREFIXES)
+        or path.endswith(SENSITIVE_SUFFIXES)
+        or falco_glob(path, _ENVIRON_GLOB)
     )
+
+
+def is_runtime_socket(name: str) -> bool:
+    """Whether a unix socket's ``fd.name`` is one "aerie: outbound connection" reports."""
+    return name.endswith(".sock") and any(word in name for word in _RUNTIME_SOCKET_WORDS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,20 +403,28 @@ def is_sensitive_path(path: str) -> bool:
 
 
 def _spawned(s: Sys) -> bool:
-    return s.evt_type == "execve"
+    return s.evt_type in ("execve", "execveat")
 
 
 def _in_container(s: Sys) -> bool:
     return s.proc.container is not None
 
 
+def _succeeded(s: Sys) -> bool:
+    """``evt.rawres >= 0`` (and, for opens, ``fd.num >= 0``): the corpus writes failures as errno names."""
+    return s.res == "SUCCESS"
+
+
 def _open_read(s: Sys) -> bool:
-    # open_read/open_write require fd.num>=0: a failed open raises neither.
-    return s.evt_type == "openat" and s.fd_type == "file" and not s.is_write and s.res == "SUCCESS"
+    # open_read/open_write require fd.num>=0: a failed open raises neither. evt.is_open_read holds for
+    # O_RDONLY and O_RDWR (libs encode O_RDWR as O_RDONLY|O_WRONLY), so an O_RDWR open is both.
+    return (
+        s.evt_type == "openat" and s.fd_type == "file" and "O_WRONLY" not in (s.flags or "") and _succeeded(s)
+    )
 
 
 def _open_write(s: Sys) -> bool:
-    return s.evt_type == "openat" and s.fd_type == "file" and s.is_write and s.res == "SUCCESS"
+    return s.evt_type == "openat" and s.fd_type == "file" and s.is_write and _succeeded(s)
 
 
 def _pname(p: Proc) -> str:
@@ -416,7 +441,11 @@ def _directory_traversal(s: Sys) -> bool:
     name = s.fd_name or ""
     return (
         (_open_read(s) or (s.evt_type == "openat" and s.res.startswith("E")))
-        and (name.startswith("/etc/") or "/.ssh/" in name or "id_rsa" in name)
+        and (
+            name.startswith(("/etc/", "/root/.ssh"))
+            or ("/.ssh/" in name and fnmatchcase(name, "/home/*/.ssh/*"))
+            or "id_rsa" in name
+        )
         and raw.count("../") >= 2
         and _pname(s.proc) not in SHELLS
     )
@@ -558,6 +587,7 @@ def _exec_from_dev_shm(s: Sys) -> bool:
             p.exe.startswith("/dev/shm/")
             or (p.cwd.startswith("/dev/shm/") and p.exe.startswith("./"))
             or (p.name in SHELLS and (p.args.startswith(("-c /dev/shm", "-i /dev/shm", "/dev/shm"))))
+            or (p.cwd.startswith("/dev/shm/") and p.args.startswith("./"))
         )
         and not (p.container is not None and p.container.image in _FALCO_PRIVILEGED_IMAGES)
     )
@@ -631,7 +661,15 @@ def _launch_privileged_container(s: Sys) -> bool:
 
 def _contact_metadata(s: Sys) -> bool:
     c = s.proc.container
-    return s.evt_type == "connect" and c is not None and s.sip == _METADATA_IP and c.ns != "kube-system"
+    # The stock `outbound` macro: an IP socket, a routable peer, a connect that succeeded or is in progress.
+    return (
+        s.evt_type == "connect"
+        and c is not None
+        and s.sip == _METADATA_IP
+        and _routable_ip_socket(s)
+        and (_succeeded(s) or s.res == "EINPROGRESS")
+        and c.ns != "kube-system"
+    )
 
 
 def _package_mgmt_in_container(s: Sys) -> bool:
@@ -648,7 +686,7 @@ def _network_tool_in_container(s: Sys) -> bool:
 
 def _shell_history(s: Sys) -> bool:
     history_suffixes = ("ash_history", "zsh_history", "fish_history")
-    if s.evt_type in ("unlinkat", "renameat2", "unlink", "rename"):
+    if s.evt_type in ("rename", "renameat", "renameat2", "unlink", "unlinkat"):
         names = (s.fd_name or "", str(s.arg("oldpath") or ""))
         return any(n.endswith(history_suffixes) for n in names) and s.proc.name not in _DOCKER_BINARIES
     return (
@@ -736,16 +774,34 @@ def _any_spawn(s: Sys) -> bool:
     return _spawned(s)
 
 
+def _socket_ips(s: Sys) -> tuple[str, ...]:
+    """Both addresses of an IP socket (client and server), from ``fd.name`` ``cip:cport->sip:sport``.
+
+    Falco's ``fd.ip`` and ``fd.net`` compare both ends: ``fd.ip != X`` holds only when neither is X.
+    """
+    ips = [part.rpartition(":")[0].strip("[]") for part in (s.fd_name or "").split("->")]
+    ips.extend(ip for ip in (s.sip, s.rip) if ip is not None)
+    return tuple(ip for ip in ips if ip)
+
+
+def _routable_ip_socket(s: Sys) -> bool:
+    # (fd.typechar=4 or fd.typechar=6) and fd.ip != "0.0.0.0" and fd.net != "127.0.0.0/8"
+    if s.fd_type not in ("ipv4", "ipv6"):
+        return False
+    ips = _socket_ips(s)
+    return bool(ips) and not any(ip == "0.0.0.0" or ip.startswith("127.") for ip in ips)
+
+
 def _outbound(s: Sys) -> bool:
     if s.evt_type != "connect":
         return False
-    if s.fd_type == "unix":
-        return (s.fd_name or "").endswith(RUNTIME_SOCKETS)
-    return s.rip is not None and not s.rip.startswith("127.")
+    if s.fd_type == "unix":  # no result test: a refused attempt on the runtime socket is reported too
+        return is_runtime_socket(s.fd_name or "")
+    return _routable_ip_socket(s) and (_succeeded(s) or s.res == "EINPROGRESS")
 
 
 def _inbound(s: Sys) -> bool:
-    return s.evt_type in ("accept", "accept4") and s.rip is not None and not s.rip.startswith("127.")
+    return s.evt_type in ("accept", "accept4") and _routable_ip_socket(s) and _succeeded(s)
 
 
 def _sensitive_open(s: Sys) -> bool:
@@ -753,15 +809,19 @@ def _sensitive_open(s: Sys) -> bool:
 
 
 def _any_write(s: Sys) -> bool:
-    return _open_write(s)
+    return (
+        _open_write(s)
+        and not pmatch(s.fd_name or "", WRITE_EXCLUDED_PREFIXES)
+        and s.directory not in WRITE_EXCLUDED_DIRS
+    )
 
 
 def _rename_remove(s: Sys) -> bool:
-    return s.evt_type in ("renameat2", "rename", "unlinkat", "unlink")
+    return s.evt_type in ("rename", "renameat", "renameat2", "unlink", "unlinkat") and _succeeded(s)
 
 
 def _chmod(s: Sys) -> bool:
-    return s.evt_type in ("fchmodat", "chmod", "fchmod")
+    return s.evt_type in ("chmod", "fchmod", "fchmodat") and _succeeded(s)
 
 
 _PRIVILEGED_SYSCALLS: Final = frozenset(
@@ -803,7 +863,7 @@ class Rule:
     falco_condition: str = ""  # aerie rules only: the condition as Falco's rule language writes it
 
 
-_SPAWN = ("execve",)
+_SPAWN = ("execve", "execveat")
 _OPEN = ("openat",)
 _CONNECT = ("connect",)
 _STABLE = "falco_rules.yaml"
@@ -1058,7 +1118,7 @@ STOCK_RULES: Final[tuple[Rule, ...]] = (
         ),
         "Shell history deleted or renamed (file=%fd.name name=%evt.arg.name path=%evt.arg.path "
         "oldpath=%evt.arg.oldpath " + _TAIL + ")",
-        ("openat", "unlinkat", "renameat2"),
+        ("openat", "rename", "renameat", "renameat2", "unlink", "unlinkat"),
         _shell_history,
         _INCUBATING,
     ),
@@ -1246,7 +1306,7 @@ BASELINE_RULES: Final[tuple[Rule, ...]] = (
         "File renamed or removed (file=%fd.name oldpath=%evt.arg.oldpath newpath=%evt.arg.newpath "
         + _AERIE_TAIL
         + ")",
-        ("renameat2", "rename", "unlinkat", "unlink"),
+        ("rename", "renameat", "renameat2", "unlink", "unlinkat"),
         _rename_remove,
         "aerie",
         falco_condition=(
@@ -1258,7 +1318,7 @@ BASELINE_RULES: Final[tuple[Rule, ...]] = (
         Priority.INFORMATIONAL,
         (*_AERIE_TAGS, "host", "container", "filesystem"),
         "File permissions changed (file=%fd.name mode=%evt.arg.mode " + _AERIE_TAIL + ")",
-        ("fchmodat", "chmod", "fchmod"),
+        ("chmod", "fchmod", "fchmodat"),
         _chmod,
         "aerie",
         falco_condition="evt.type in (chmod, fchmod, fchmodat) and evt.dir=< and evt.rawres >= 0",
@@ -1268,7 +1328,7 @@ BASELINE_RULES: Final[tuple[Rule, ...]] = (
         Priority.NOTICE,
         (*_AERIE_TAGS, "host", "container", "process"),
         "Privileged syscall (syscall=%evt.type res=%evt.res args=%evt.args " + _AERIE_TAIL + ")",
-        ("ptrace", "setuid", "setns", "mount", "umount2", "unshare", "memfd_create", "init_module", "bpf"),
+        tuple(sorted(_PRIVILEGED_SYSCALLS)),
         _privileged_syscall,
         "aerie",
         falco_condition=(

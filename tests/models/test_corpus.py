@@ -14,7 +14,8 @@ import pytest
 from aerie.brain.cli import main
 from aerie.models.corpus import BASELINE_RULES, STOCK_RULES, CorpusOptions, generate, write_corpus
 from aerie.models.corpus.generate import Corpus
-from aerie.models.corpus.rules import describe
+from aerie.models.corpus.model import Container, Label, Node, Proc, Sys
+from aerie.models.corpus.rules import Rule, describe
 from aerie.models.corpus.scenarios import SCENARIOS
 from aerie.proto.event import Priority, decode_json, parse_time
 
@@ -293,3 +294,161 @@ def test_options_are_validated_by_the_library_too() -> None:
         generate(CorpusOptions(nodes=0))
     with pytest.raises(ValueError, match="start"):
         generate(CorpusOptions(start="2024-13-45"))
+
+
+# The baseline predicates implement their Falco conditions term for term (policies/falco/aerie_rules.yaml).
+
+_NODE = Node(0, "node-a", "10.0.0.5", "10.244.0.")
+_POD = Container(
+    cid="0123456789ab",
+    name="app",
+    image="docker.io/library/python",
+    tag="3.12",
+    ns="shop",
+    pod="api-1",
+    node=_NODE,
+    privileged=False,
+    start_ns=0,
+    ip="10.244.0.7",
+)
+_PROC = Proc(
+    node=_NODE,
+    container=_POD,
+    parent=None,
+    command="python app.py",
+    exepath="/usr/bin/python",
+    user="app",
+    uid=1000,
+    start_ns=1,
+)
+_LABEL = Label("benign", "test")
+
+
+def _sys(evt_type: str, *, res: str = "SUCCESS", **attrs: object) -> Sys:
+    s = Sys(10, _PROC, evt_type, _LABEL)
+    s.res = res
+    for key, value in attrs.items():
+        setattr(s, key, value)
+    return s
+
+
+def _open(path: str, flags: str, res: str = "SUCCESS") -> Sys:
+    return _sys("openat", res=res, fd_name=path, fd_type="file", flags=flags)
+
+
+def _connect(local: str, remote: str, res: str = "SUCCESS", fd_type: str = "ipv4") -> Sys:
+    return _sys(
+        "connect", res=res, fd_type=fd_type, sip=remote, rip=remote, fd_name=f"{local}:40000->{remote}:443"
+    )
+
+
+def _accept(client: str, res: str = "SUCCESS") -> Sys:
+    return _sys(
+        "accept4",
+        res=res,
+        fd_type="ipv4",
+        sip="10.244.0.7",
+        rip=client,
+        fd_name=f"{client}:40000->10.244.0.7:80",
+    )
+
+
+def _baseline(name: str) -> Rule:
+    return next(rule for rule in BASELINE_RULES if rule.name == f"aerie: {name}")
+
+
+_WRITE = "O_TRUNC|O_CREAT|O_WRONLY|O_CLOEXEC"
+
+
+@pytest.mark.parametrize(
+    ("rule", "sys", "fires"),
+    [
+        # open_write and not fd.name pmatch (/dev, /proc/self, /sys/fs/cgroup)
+        # and not fd.directory in (/tmp/.X11-unix)
+        ("file opened for writing", _open("/tmp/x", _WRITE), True),
+        ("file opened for writing", _open("/tmp/.X11-unix/x", _WRITE), False),
+        ("file opened for writing", _open("/tmp/.X11-unix/sub/x", _WRITE), True),
+        ("file opened for writing", _open("/dev/shm/x", _WRITE), False),
+        ("file opened for writing", _open("/dev/null", _WRITE), False),
+        ("file opened for writing", _open("/devices/x", _WRITE), True),
+        ("file opened for writing", _open("/proc/self/attr/current", _WRITE), False),
+        ("file opened for writing", _open("/proc/1/attr/current", _WRITE), True),
+        ("file opened for writing", _open("/sys/fs/cgroup/cpu.max", _WRITE), False),
+        ("file opened for writing", _open("/var/lib/db/wal", "O_CREAT|O_RDWR"), True),
+        ("file opened for writing", _open("/tmp/x", _WRITE, res="EACCES"), False),
+        # open_read and (fd.name in (...) or fd.name pmatch (...) or endswith ... or glob /proc/*/environ)
+        ("sensitive file opened", _open("/etc/shadow", "O_RDONLY"), True),
+        ("sensitive file opened", _open("/etc/sudoers", "O_RDONLY"), True),
+        ("sensitive file opened", _open("/etc/sudoers.d/90-cloud", "O_RDONLY"), False),
+        ("sensitive file opened", _open("/etc/shadow-", "O_RDONLY"), False),
+        ("sensitive file opened", _open("/etc/pam.d/sshd", "O_RDONLY"), True),
+        ("sensitive file opened", _open("/etc/pam.d", "O_RDONLY"), True),
+        ("sensitive file opened", _open("/etc/pam.dx", "O_RDONLY"), False),
+        ("sensitive file opened", _open("/root/.ssh/id_rsa", "O_RDONLY"), True),
+        ("sensitive file opened", _open("/home/dev/.ssh/id_rsa", "O_RDONLY"), False),
+        ("sensitive file opened", _open("/home/dev/.kube/config", "O_RDONLY"), True),
+        ("sensitive file opened", _open("/var/lib/postgresql/.pgpass", "O_RDONLY"), True),
+        ("sensitive file opened", _open("/proc/1/environ", "O_RDONLY"), True),
+        ("sensitive file opened", _open("/proc/environ", "O_RDONLY"), False),
+        ("sensitive file opened", _open("/etc/shadow", "O_RDWR"), True),  # O_RDWR is also a read
+        ("sensitive file opened", _open("/etc/shadow", "O_WRONLY"), False),
+        ("sensitive file opened", _open("/etc/shadow", "O_RDONLY", res="EACCES"), False),
+        # ((fd.typechar=4 or 6) and fd.ip != "0.0.0.0" and fd.net != "127.0.0.0/8"
+        #  and (evt.rawres >= 0 or evt.res = EINPROGRESS)) or (fd.typechar=u and ... .sock ...)
+        ("outbound connection", _connect("10.244.0.7", "93.184.216.34"), True),
+        ("outbound connection", _connect("10.244.0.7", "93.184.216.34", res="EINPROGRESS"), True),
+        ("outbound connection", _connect("10.244.0.7", "93.184.216.34", res="ECONNREFUSED"), False),
+        ("outbound connection", _connect("127.0.0.1", "127.0.0.1"), False),
+        ("outbound connection", _connect("0.0.0.0", "93.184.216.34"), False),
+        (
+            "outbound connection",
+            _sys("connect", fd_type="unix", fd_name="ab->cd /run/k3s/containerd/containerd.sock"),
+            True,
+        ),
+        (
+            "outbound connection",
+            _sys("connect", fd_type="unix", fd_name="ab->cd /var/run/docker.sock", res="EACCES"),
+            True,
+        ),
+        (
+            "outbound connection",
+            _sys("connect", fd_type="unix", fd_name="ab->cd /run/dbus/system_bus_socket"),
+            False,
+        ),
+        ("outbound connection", _sys("connect", fd_type="unix", fd_name="ab->cd /run/docker/plugins"), False),
+        ("inbound connection", _accept("10.244.1.9"), True),
+        ("inbound connection", _accept("10.244.1.9", res="EAGAIN"), False),
+        ("inbound connection", _accept("127.0.0.1"), False),
+        # evt.rawres >= 0
+        ("file renamed or removed", _sys("unlinkat", fd_name="/tmp/x"), True),
+        ("file renamed or removed", _sys("renameat", fd_name="/tmp/y"), True),
+        ("file renamed or removed", _sys("unlinkat", fd_name="/tmp/x", res="ENOENT"), False),
+        ("file permissions changed", _sys("fchmodat", fd_name="/tmp/x"), True),
+        ("file permissions changed", _sys("fchmodat", fd_name="/tmp/x", res="EPERM"), False),
+        # whether it succeeds or not
+        ("privileged syscall", _sys("finit_module"), True),
+        ("privileged syscall", _sys("setns", res="EPERM"), True),
+        ("process spawned", _sys("execveat"), True),
+    ],
+)
+def test_baseline_conditions_follow_their_falco_text(rule: str, sys: Sys, fires: bool) -> None:
+    baseline = _baseline(rule)
+    assert baseline.condition(sys) is fires
+    # The engine indexes rules by event type: the type must be listed for the rule to be reached.
+    assert sys.evt_type in baseline.evt_types
+
+
+def test_corpus_raises_no_baseline_alert_falco_would_not(default_corpus: Corpus) -> None:
+    seen: set[str] = set()
+    for event in default_corpus.events:
+        name = event.output_fields.get("fd.name")
+        if event.rule == "aerie: file opened for writing":
+            assert isinstance(name, str)
+            assert not name.startswith(("/dev/", "/proc/self/", "/sys/fs/cgroup/")), name
+            assert name.rpartition("/")[0] != "/tmp/.X11-unix", name
+            seen.add(event.rule)
+        elif event.rule == "aerie: sensitive file opened":
+            assert isinstance(name, str)
+            assert not name.startswith("/etc/sudoers.d/"), name
+            seen.add(event.rule)
+    assert seen == {"aerie: file opened for writing", "aerie: sensitive file opened"}
