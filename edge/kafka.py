@@ -33,20 +33,9 @@ publisher waits for it, because librdkafka keeps records queued and reconnects o
 ``message.timeout.ms``. A broker that comes back without the producer's state (restarted without its
 data) is handled by building a new producer (see `KafkaPublisher`).
 
-Exceptions (all raised at this boundary; no confluent_kafka exception escapes)::
-
-    RuntimeError
-     └── PublishError              base: the record given to publish() was not accepted
-          ├── PublishBackpressure  local queue full (queue.buffering.max.messages / .kbytes)
-          ├── RecordRejected       this record can never be produced; ``reason`` says why
-          ├── PublisherClosed      publish() after close()
-          └── PublisherFailed      the idempotent producer hit a fatal error; build a new publisher
-    ValueError
-     └── KafkaConfigError          settings librdkafka refuses, or that would weaken delivery
-                                   guarantees (raised by KafkaConfig and by KafkaPublisher())
-
-`KafkaConfigError` is a `ValueError` so that msgspec, decoding a configuration tree, reports it as a
-``ValidationError`` naming the path of the offending value.
+Exceptions: `PublishError` and its subclasses, and `KafkaConfigError`, all defined with the edge's
+other exceptions in `aerie.edge.errors` (the tree is drawn there) and re-exported here. No
+confluent_kafka exception escapes this module.
 """
 
 from __future__ import annotations
@@ -60,6 +49,15 @@ from typing import Any, Final, Literal
 
 import confluent_kafka
 import msgspec
+
+from aerie.edge.errors import (
+    KafkaConfigError,
+    PublishBackpressure,
+    PublisherClosed,
+    PublisherFailed,
+    PublishError,
+    RecordRejected,
+)
 
 __all__ = [
     "FAILURE_REASONS",
@@ -79,38 +77,6 @@ __all__ = [
 ]
 
 _log = logging.getLogger("aerie.edge.kafka")
-
-
-# --- exceptions -------------------------------------------------------------------------------------
-
-
-class PublishError(RuntimeError):
-    """The record given to `KafkaPublisher.publish` was not accepted."""
-
-
-class PublishBackpressure(PublishError):
-    """The bounded local queue is full: the record was not accepted; spool it or shed it (counted)."""
-
-
-class RecordRejected(PublishError):
-    """This record can never be produced (for instance larger than ``message.max.bytes``)."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-
-class PublisherClosed(PublishError):
-    """`KafkaPublisher.publish` after `KafkaPublisher.close`."""
-
-
-class PublisherFailed(PublishError):
-    """The producer is in a fatal state (idempotence violated, fenced): only a new publisher can go on."""
-
-
-class KafkaConfigError(ValueError):
-    """Settings librdkafka refuses, or that would weaken the delivery guarantees."""
 
 
 # --- failure reasons --------------------------------------------------------------------------------

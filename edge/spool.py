@@ -70,6 +70,8 @@ from typing import Final, Self
 
 import msgspec
 
+from aerie.edge.errors import SpoolError
+
 __all__ = ["HEADER_BYTES", "AsyncSpool", "Spool", "SpoolEntry", "SpoolError", "SpoolRecord"]
 
 _MAGIC: Final = b"\xaeSPL"
@@ -80,15 +82,6 @@ _ACK_MAGIC: Final = b"AERIEACK"
 _SUFFIX: Final = ".seg"
 _READ_CHUNK: Final = 256 * 1024
 _MAX_PAYLOAD: Final = (1 << 31) - 1
-
-
-class SpoolError(RuntimeError):
-    """The spool's directory or files cannot be used; ``path`` names the one that failed."""
-
-    def __init__(self, path: Path | str, detail: str) -> None:
-        super().__init__(f"{path}: {detail}")
-        self.path = Path(path)
-        self.detail = detail
 
 
 class SpoolRecord(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
