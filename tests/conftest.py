@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from aerie.brain.certs import Pki, init_pki, issue, make_ca
+from aerie.perf.tansu import Tansu, free_port
 
 
 @pytest.fixture(scope="session")
@@ -25,3 +27,20 @@ def foreign_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 def sample_path(name: str) -> Path:
     return Path(__file__).parent / "data" / name
+
+
+@pytest.fixture
+def tansu(tmp_path: Path) -> Iterator[Tansu]:
+    """A fresh, running Tansu broker (real Kafka wire protocol); ``tansu.bootstrap`` is its ``host:port``."""
+    broker = Tansu(tmp_path)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port nothing listens on (for clients that must not reach a broker)."""
+    return free_port()

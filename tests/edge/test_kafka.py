@@ -34,7 +34,7 @@ from aerie.proto.event import FalcoEvent, Priority
 
 
 class Tansu(Protocol):
-    """The ``tansu`` fixture (tests/edge/conftest.py): a broker on a fixed loopback port."""
+    """The ``tansu`` fixture (tests/conftest.py): a broker on a fixed loopback port."""
 
     bootstrap: str
 

