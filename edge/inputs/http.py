@@ -53,20 +53,14 @@ Choices:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
-import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, MutableMapping
 from typing import Any, Final
 
-import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
 from aerie.edge.inputs.base import FalcoInput, InputError
-from aerie.edge.tls import ServerTls, TlsError, server_ssl_context
+from aerie.edge.tls import ServerTls, server_ssl_context
 from aerie.proto.event import DecodeError, FalcoEvent, decode_json
-from aerie.proto.identity import identity_of
+from aerie.proto.serving import Running, ServeError, bind, peer_identity, serve
 
 __all__ = ["DOCUMENTED_STATUSES", "HttpInput"]
 
@@ -80,7 +74,6 @@ Send = Callable[[Message], Awaitable[None]]
 DOCUMENTED_STATUSES: Final = frozenset({200, 204, 400, 403, 404, 405, 413, 415, 503})
 """Every status the ASGI app can answer (uvicorn itself may add 400 for unparseable HTTP)."""
 
-_START_TIMEOUT_S: Final = 10.0
 _TEXT: Final = (b"content-type", b"text/plain; charset=utf-8")
 _NOSNIFF: Final = (b"x-content-type-options", b"nosniff")
 
@@ -144,8 +137,7 @@ class HttpInput(FalcoInput):
         # One slot more than the capacity the app enforces, so the close sentinel always fits.
         self._queue: asyncio.Queue[FalcoEvent | _Closed] = asyncio.Queue(maxsize=queue_size + 1)
         self._closing = False
-        self._server: _EmbeddedServer | None = None
-        self._serve_task: asyncio.Task[None] | None = None
+        self._running: Running | None = None
         self._start_lock: asyncio.Lock | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -172,75 +164,20 @@ class HttpInput(FalcoInput):
         async with self._start_lock:
             if self._closing:
                 raise InputError("http input: start after close")
-            if self._serve_task is not None:
+            if self._running is not None:
                 return
-            config = self._config()
-            sock = self._bind()
-            server = _EmbeddedServer(config)
-            task = asyncio.create_task(server.serve(sockets=[sock]), name=f"aerie-http-input:{self._port}")
-            self._server, self._serve_task = server, task
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + _START_TIMEOUT_S
-            # uvicorn offers no "started" notification; its start-up is one create_server call.
-            while not server.started:
-                problem = None
-                if task.done():
-                    problem = f"did not start: {task.exception() if not task.cancelled() else 'cancelled'!r}"
-                elif loop.time() > deadline:
-                    problem = "did not start in time"
-                if problem is not None:
-                    server.should_exit = True
-                    self._server = self._serve_task = None  # a later start() may try again
-                    sock.close()
-                    raise InputError(f"http input: server {problem}")
-                await asyncio.sleep(0.005)
-
-    def _config(self) -> uvicorn.Config:
-        tls = self.tls
-        ssl_options: dict[str, Any] = {}
-        if tls is not None:
-            # uvicorn calls the factory in config.load(): the files are read at every start.
-            ssl_options = {"ssl_context_factory": lambda _config, _default: server_ssl_context(tls)}
-        config = uvicorn.Config(
-            self.app,
-            interface="asgi3",
-            http=_IdentityHttpToolsProtocol if tls is not None else HttpToolsProtocol,
-            ws="none",
-            lifespan="off",
-            # None: uvicorn must not reconfigure the host's logging (dictConfig would reset it).
-            log_config=None,
-            access_log=False,
-            proxy_headers=False,
-            server_header=False,
-            timeout_graceful_shutdown=5,
-            **ssl_options,
-        )
-        try:
-            config.load()
-        except TlsError as exc:
-            raise InputError(f"http input: {exc}") from None
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            raise InputError(f"http input: cannot load TLS material: {exc}") from exc
-        return config
-
-    def _bind(self) -> socket.socket:
-        try:
-            infos = socket.getaddrinfo(
-                self.host or None, self._port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-            )
-            family, kind, proto, _, address = infos[0]
-            sock = socket.socket(family, kind, proto)
-        except OSError as exc:
-            raise InputError(f"http input: cannot resolve {self.host!r}: {exc}") from exc
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
-            sock.setblocking(False)
-        except OSError as exc:
-            sock.close()
-            raise InputError(f"http input: cannot bind {self.host}:{self._port}: {exc}") from exc
-        self._port = sock.getsockname()[1]
-        return sock
+            tls = self.tls
+            try:
+                sock = bind(self.host, self._port)
+                self._running = await serve(
+                    self.app,
+                    sock,
+                    ssl_factory=(lambda: server_ssl_context(tls)) if tls is not None else None,
+                    name="aerie-http-input",
+                )
+            except ServeError as exc:
+                raise InputError(f"http input: {exc}") from None
+            self._port = self._running.port
 
     async def close(self) -> None:
         """Stop accepting (new POSTs get 503 ``closing``), stop the server, end `events`.
@@ -250,11 +187,8 @@ class HttpInput(FalcoInput):
         if self._closing:
             return
         self._closing = True
-        server, task = self._server, self._serve_task
-        if server is not None and task is not None:
-            server.should_exit = True
-            with contextlib.suppress(Exception):
-                await task
+        if self._running is not None:
+            await self._running.stop()
         # Never full: the app stops at the capacity, one below maxsize.
         self._queue.put_nowait(_CLOSED)
 
@@ -307,7 +241,7 @@ class HttpInput(FalcoInput):
             )
             return
         if self.allowed_identities is not None:
-            identity = _peer_identity(scope)
+            identity = peer_identity(scope)
             if identity not in self.allowed_identities:
                 await self._reject(
                     send,
@@ -470,43 +404,3 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
         else:
             return
-
-
-def _peer_identity(scope: Scope) -> str | None:
-    """The SPIFFE URI of the TLS peer, from the ASGI TLS extension our protocol fills in."""
-    extensions = scope.get("extensions") or {}
-    tls = extensions.get("tls") if isinstance(extensions, dict) else None
-    chain = tls.get("client_cert_chain") if isinstance(tls, dict) else None
-    if not chain:
-        return None
-    pem = next(iter(chain), None)
-    return identity_of(pem) if isinstance(pem, str) else None
-
-
-class _IdentityHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol plus the ASGI TLS extension (``client_cert_chain``).
-
-    uvicorn does not put the peer certificate in the scope; the certificate is fixed for the
-    connection, so it is read once when the connection is made.
-    """
-
-    _peer_pem: str | None = None
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        ssl_object = transport.get_extra_info("ssl_object")
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-        self._peer_pem = ssl.DER_cert_to_PEM_cert(der) if der else None
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        if self._peer_pem is not None:
-            self.scope["extensions"] = {"tls": {"client_cert_chain": [self._peer_pem]}}
-
-
-class _EmbeddedServer(uvicorn.Server):
-    """uvicorn inside someone else's event loop: no signal handlers of its own."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
