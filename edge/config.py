@@ -243,8 +243,8 @@ def _check(config: EdgeConfig) -> None:
     if config.model.poll_s <= 0 or config.threshold.refresh_s <= 0:
         problems.append("model.poll_s and threshold.refresh_s must be > 0")
     override = config.threshold.override
-    if override is not None and not math.isfinite(override):
-        problems.append("threshold.override must be a finite number")
+    if override is not None and not (math.isfinite(override) and 0.0 <= override <= 1.0):
+        problems.append("threshold.override must be a number within 0..1 (scores are 0..1)")
     if not 0 <= config.ops.port <= 65535 or not 0 <= config.input.http.port <= 65535:
         problems.append("ports must be within 0..65535")
     if problems:
