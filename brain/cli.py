@@ -24,6 +24,7 @@ _PARTS = (
     "aerie.models.cli",
     "aerie.edge.cli",
     "aerie.brain.commands",
+    "aerie.brain.case_cli",
 )
 
 
