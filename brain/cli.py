@@ -25,6 +25,7 @@ _PARTS = (
     "aerie.edge.cli",
     "aerie.brain.commands",
     "aerie.brain.case_cli",
+    "aerie.brain.agent_cli",
 )
 
 

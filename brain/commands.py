@@ -1,4 +1,4 @@
-"""Brain subcommands: `aerie certs init`, `aerie demo`."""
+"""Brain subcommands: `aerie brain run`, `aerie certs init`, `aerie demo`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,64 @@ from aerie.brain.cli import CliError, flag, option
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the brain's subcommands to the `aerie` command."""
+    from aerie.brain.case_cli import add_agent_options, add_store_options
+
+    brain = sub.add_parser("brain", help="the central brain").add_subparsers(
+        dest="brain_command", required=True, metavar="COMMAND"
+    )
+    run = brain.add_parser(
+        "run",
+        help="consume anomalies and run each incident through the agents",
+        description="Consume the edge's anomalies from Kafka; each becomes an incident that the "
+        "coordinator runs through the agents (A2A over mutual TLS) with durable checkpoints.",
+    )
+    option(
+        run,
+        "--kafka",
+        env="AERIE_KAFKA_BOOTSTRAP_SERVERS",
+        default="127.0.0.1:9092",
+        metavar="HOST:PORT,...",
+        help="Kafka bootstrap servers",
+    )
+    option(run, "--topic", env="AERIE_KAFKA_TOPIC", default="aerie.anomalies", help="anomalies topic")
+    option(
+        run,
+        "--dlq-topic",
+        env="AERIE_KAFKA_DLQ_TOPIC",
+        default="aerie.anomalies.dlq",
+        help="dead-letter topic",
+    )
+    option(run, "--group", env="AERIE_KAFKA_GROUP", default="aerie-brain", help="consumer group")
+    add_store_options(run)
+    add_agent_options(run, identity="brain")
+    option(
+        run, "--concurrency", env="AERIE_BRAIN_CONCURRENCY", type=int, default=8, help="incidents run at once"
+    )
+    option(
+        run, "--ops-host", env="AERIE_BRAIN_OPS_HOST", default="0.0.0.0", help="metrics and probes address"
+    )
+    option(
+        run, "--ops-port", env="AERIE_BRAIN_OPS_PORT", type=int, default=9102, help="metrics and probes port"
+    )
+    option(
+        run,
+        "--drain-timeout",
+        env="AERIE_BRAIN_DRAIN_TIMEOUT",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on SIGTERM, how long running incidents may take to reach a verdict",
+    )
+    option(
+        run,
+        "--log-level",
+        env="AERIE_LOG_LEVEL",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log level",
+    )
+    run.set_defaults(handler=_brain_run)
+
     certs = sub.add_parser("certs", help="local CA and per-component certificates").add_subparsers(
         dest="certs_command", required=True, metavar="COMMAND"
     )
@@ -59,3 +117,45 @@ def _demo(args: argparse.Namespace) -> int:
     from aerie.brain.demo import run_demo
 
     return run_demo(seed=args.seed, events=args.events, workdir=args.workdir)
+
+
+def _brain_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from aerie.brain.agents.registry import parse_endpoints
+    from aerie.brain.consumer import ConsumerConfig, ConsumerConfigError
+    from aerie.brain.service import BrainSettings, run_brain
+    from aerie.edge.errors import TlsError
+    from aerie.proto.identity import spiffe_id
+    from aerie.proto.logs import configure
+
+    try:
+        consumer = ConsumerConfig(
+            bootstrap_servers=args.kafka, topic=args.topic, dlq_topic=args.dlq_topic, group_id=args.group
+        )
+    except ConsumerConfigError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        endpoints = parse_endpoints(args.agents or "")
+    except ValueError as exc:
+        raise CliError(f"--agents: {exc}") from None
+    if args.concurrency < 1 or args.agent_timeout <= 0:
+        raise CliError("--concurrency and --agent-timeout must be positive")
+    settings = BrainSettings(
+        consumer=consumer,
+        audit=args.audit,
+        checkpoints=args.checkpoints,
+        certs=args.certs,
+        identity=args.identity,
+        endpoints=endpoints,
+        agent_timeout_s=args.agent_timeout,
+        concurrency=args.concurrency,
+        ops_host=args.ops_host,
+        ops_port=args.ops_port,
+        drain_timeout_s=args.drain_timeout,
+    )
+    configure(spiffe_id(args.identity), level=args.log_level)
+    try:
+        return asyncio.run(run_brain(settings))
+    except TlsError as exc:
+        raise CliError(f"--certs: {exc} (run `aerie certs init {args.certs}`)") from None

@@ -1,0 +1,197 @@
+"""`aerie agent run NAME`: one agent as its own process, serving A2A over mutual TLS.
+
+Registered into the `aerie` command by `register`; also runnable on its own as
+``python -m aerie.brain.agent_cli agent run NAME ...``. Handlers import the agents lazily:
+``aerie --help`` must not pay for the A2A SDK.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aerie.brain.cli import CliError, option
+
+if TYPE_CHECKING:
+    from aerie.brain.agents.service import AgentService
+
+_EPILOG = """\
+The agent listens on https://HOST:PORT (mutual TLS: callers need a certificate from the CA in
+DIR/ca.crt) and serves the A2A agent card at /.well-known/agent-card.json, JSON-RPC at / and a
+health check at /healthz. Only callers whose certificate identity is on --allow may send it work
+(403 otherwise); any CA-verified peer may read the card. Once listening it prints one line,
+"aerie agent NAME listening on URL", to stdout; logs are JSON lines on stderr. SIGTERM or SIGINT
+stops it after the requests in flight (exit status 0). Exit status 2: bad options, unreadable
+certificates, a port in use, an unusable --state-dir.
+"""
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `aerie agent run` to the `aerie` command."""
+    from aerie.proto.agents import AGENTS
+
+    agent = sub.add_parser("agent", help="run one brain agent as its own process").add_subparsers(
+        dest="agent_command", required=True, metavar="COMMAND"
+    )
+    run = agent.add_parser(
+        "run",
+        help="serve one agent (A2A 1.0 over mutual TLS)",
+        description="Serve one agent of the brain as an A2A 1.0 service over HTTPS with mutual TLS, "
+        "authorising callers by their SPIFFE identity.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("name", metavar="NAME", choices=AGENTS, help=f"the agent: {', '.join(AGENTS)}")
+    option(
+        run,
+        "--certs",
+        env="AERIE_AGENT_CERTS",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="certificates as `aerie certs init DIR` writes them: ca.crt and agent-NAME.crt/.key",
+    )
+    option(run, "--host", env="AERIE_AGENT_HOST", default="127.0.0.1", help="address to listen on")
+    option(
+        run,
+        "--port",
+        env="AERIE_AGENT_PORT",
+        type=int,
+        metavar="PORT",
+        help="port to listen on; 0 picks a free one (default: the agent's own, 7101..7105)",
+    )
+    option(
+        run,
+        "--state-dir",
+        env="AERIE_AGENT_STATE_DIR",
+        type=Path,
+        metavar="DIR",
+        help="where remediate and notify keep their idempotency records (required for those two)",
+    )
+    option(
+        run,
+        "--allow",
+        env="AERIE_AGENT_ALLOW",
+        type=lambda s: [p for p in s.split(",") if p.strip()],
+        metavar="ID,...",
+        help="callers allowed to send work: SPIFFE URIs or component names "
+        "(default: spiffe://aerie/brain,spiffe://aerie/cli)",
+    )
+    option(
+        run,
+        "--public-url",
+        env="AERIE_AGENT_PUBLIC_URL",
+        metavar="URL",
+        help="URL the agent card advertises (default: https://HOST:PORT), e.g. a Kubernetes Service",
+    )
+    option(
+        run,
+        "--grace",
+        env="AERIE_AGENT_GRACE",
+        type=int,
+        default=5,
+        metavar="SECONDS",
+        help="on SIGTERM, how long requests in flight (and idle client connections) may hold the stop",
+    )
+    option(run, "--log-level", env="AERIE_LOG_LEVEL", default="INFO", help="log level of aerie's loggers")
+    run.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from aerie.brain.agents.logic import build_logic
+    from aerie.brain.agents.registry import DEFAULT_ALLOWED, parse_identities, spec
+    from aerie.brain.agents.service import AgentService, ServiceError
+    from aerie.brain.metrics import BrainMetrics
+    from aerie.edge.errors import TlsError
+    from aerie.edge.tls import ServerTls
+    from aerie.proto.logs import configure
+
+    name: str = args.name
+    agent = spec(name)
+    certs: Path = args.certs
+    if not certs.is_dir():
+        raise CliError(f"--certs: {certs} is not a directory")
+    try:
+        tls = ServerTls(
+            cert=str(certs / f"{agent.component}.crt"),
+            key=str(certs / f"{agent.component}.key"),
+            ca=str(certs / "ca.crt"),
+        )
+    except TlsError as exc:
+        raise CliError(f"--certs: {exc} (run `aerie certs init {certs}`)") from None
+    try:
+        allowed = parse_identities(args.allow) if args.allow is not None else DEFAULT_ALLOWED
+    except ValueError as exc:
+        raise CliError(f"--allow: {exc}") from None
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise CliError(f"--port: {args.port} is not a port number")
+    if args.grace < 0:
+        raise CliError(f"--grace: {args.grace} is negative")
+    if agent.needs_state and args.state_dir is None:
+        raise CliError(f"--state-dir is required for {name}: its idempotency records must survive restarts")
+    configure(agent.identity, level=args.log_level)
+    logic = build_logic(name, state_dir=args.state_dir)
+    # One registry for the process; the ops endpoint (/metrics) exposes service.metrics.
+    service = AgentService(
+        logic,
+        metrics=BrainMetrics(),
+        tls=tls,
+        host=args.host,
+        port=args.port,
+        allowed=allowed,
+        public_url=args.public_url,
+        graceful_timeout_s=args.grace,
+    )
+    try:
+        asyncio.run(_serve(service))
+    except ServiceError as exc:
+        raise CliError(str(exc)) from None
+    return 0
+
+
+async def _serve(service: AgentService) -> None:
+    import asyncio
+    import logging
+    import signal
+
+    log = logging.getLogger("aerie.brain.agent_cli")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    url = await service.start()
+    log.info(
+        "agent listening",
+        extra={"agent": service.name, "url": url, "allowed": sorted(service.allowed)},
+    )
+    print(f"aerie agent {service.name} listening on {url}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        log.info("agent stopping", extra={"agent": service.name})
+        await service.stop()
+    log.info("agent stopped", extra={"agent": service.name})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The `aerie` command with only this module's subcommands (for ``python -m``)."""
+    parser = argparse.ArgumentParser(prog="aerie")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    register(sub)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except CliError as exc:
+        print(f"aerie: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
