@@ -15,23 +15,32 @@ Every record ends in exactly one of three ways:
   queue is full (the caller spools or sheds it, and counts that), `RecordRejected` when the record can
   never be produced (too large), `PublisherFailed` / `PublisherClosed` when the producer cannot take
   records at all;
-* its delivery report says delivered (counted in `PublishStats.delivered`);
+* its delivery report says delivered (counted in `PublishStats.delivered`) and, when an
+  ``on_delivered(token)`` hook is set, the ``token`` given to `publish` is handed to it;
 * its delivery report says failed: counted under a stable reason label (`FailureReason`) and handed to
-  the ``on_failed(record, reason)`` hook, so the edge can put it into its disk spool.
+  the ``on_failed(record, reason)`` hook (``record.token`` is the ``token`` given to `publish`), so the
+  edge can put it into its disk spool, or resend it.
+
+The ``token`` is opaque to the publisher: it lets a caller that keeps its own ledger (the spool
+forwarder keys records by spool sequence number) match each outcome to the record it published.
 
 Threading: `start` runs one background *poller thread* that serves librdkafka's callbacks (delivery
-reports, errors, statistics, logs). ``on_failed`` is therefore called on that thread (and, during
-`flush` / `close`, on the caller's thread): it must be thread-safe and quick (append to a queue or
-call ``loop.call_soon_threadsafe``); an exception it raises is logged and counted in
-`PublishStats.hook_errors`, never propagated into librdkafka. `publish` never blocks and is safe to call from
-an asyncio event loop.
+reports, errors, statistics, logs). ``on_failed`` and ``on_delivered`` are therefore called on that
+thread (and, during `flush` / `close`, on the caller's thread): they must be thread-safe and quick
+(append to a queue or call ``loop.call_soon_threadsafe``); an exception either raises is logged and
+counted in `PublishStats.hook_errors`, never propagated into librdkafka. `publish` never blocks and is
+safe to call from an asyncio event loop.
 
 Broker availability (`KafkaPublisher.broker_up`) comes from librdkafka's statistics (any broker
 connection in state ``UP``), from error callbacks (``_ALL_BROKERS_DOWN`` marks it down at once) and
 from delivery reports (a delivered record proves it up). Readiness reports it; nothing in the
 publisher waits for it, because librdkafka keeps records queued and reconnects on its own until
 ``message.timeout.ms``. A broker that comes back without the producer's state (restarted without its
-data) is handled by building a new producer (see `KafkaPublisher`).
+data) is handled by building a new producer (see `KafkaPublisher`). When requests were in flight to it
+when it went away, librdkafka cannot retry them without risking duplicates and puts the producer in a
+fatal state instead: `KafkaPublisher.failed_fatally` says so, `publish` raises `PublisherFailed`, the
+outstanding records come back through ``on_failed``, and only a new publisher can go on (the spool
+forwarder, `aerie.edge.forwarder`, builds one and resends).
 
 Exceptions: `PublishError` and its subclasses, and `KafkaConfigError`, all defined with the edge's
 other exceptions in `aerie.edge.errors` (the tree is drawn there) and re-exported here. No
@@ -62,6 +71,8 @@ from aerie.edge.errors import (
 __all__ = [
     "FAILURE_REASONS",
     "RETRIABLE_REASONS",
+    "DeliveredHook",
+    "FailedHook",
     "FailureReason",
     "KafkaConfig",
     "KafkaConfigError",
@@ -247,9 +258,12 @@ class OutboundRecord(msgspec.Struct, frozen=True, kw_only=True):
     value: bytes
     key: bytes | None = None
     headers: tuple[tuple[str, bytes], ...] = ()
+    token: object = None
+    """The caller's ``token`` given to `publish` (not sent to Kafka)."""
 
 
 FailedHook = Callable[[OutboundRecord, str], None]
+DeliveredHook = Callable[[object], None]
 
 
 class PublishStats:
@@ -307,10 +321,17 @@ class KafkaPublisher:
     order within a key can interleave with records published during the move.
     """
 
-    def __init__(self, config: KafkaConfig, *, on_failed: FailedHook | None = None) -> None:
+    def __init__(
+        self,
+        config: KafkaConfig,
+        *,
+        on_failed: FailedHook | None = None,
+        on_delivered: DeliveredHook | None = None,
+    ) -> None:
         self.config = config
         self.stats = PublishStats()
         self._on_failed = on_failed
+        self._on_delivered = on_delivered
         self._topic = config.topic
         self._state_lock = threading.Lock()
         # Held around produce() and the swap of producers, so no record lands in a retired producer.
@@ -349,7 +370,8 @@ class KafkaPublisher:
         while not self._stop.is_set():
             # poll() returns early whenever a callback is served, so 0.1 s bounds only the shutdown
             # latency, not the delivery-report latency.
-            self._producer.poll(0.1)
+            if not self._serve(self._producer.poll, 0.1):
+                self._stop.wait(0.1)  # no busy loop if it keeps raising
             if self._rebuild_wanted:
                 self._rebuild()
 
@@ -367,7 +389,7 @@ class KafkaPublisher:
         self._moving = True
         try:
             old.purge(in_queue=True, in_flight=True, blocking=True)
-            old.flush(5.0)
+            self._serve(old.flush, 5.0)
         finally:
             self._moving = False
             self._retiring = None
@@ -380,7 +402,7 @@ class KafkaPublisher:
         deadline = time.monotonic() + timeout
         while True:
             # Short slices: a rebuild may swap the producer while we wait.
-            self._producer.flush(max(0.0, min(0.1, deadline - time.monotonic())))
+            self._serve(self._producer.flush, max(0.0, min(0.1, deadline - time.monotonic())))
             left = self.outstanding()
             if (left == 0 and not self._rebuild_wanted) or time.monotonic() >= deadline:
                 return left
@@ -402,8 +424,29 @@ class KafkaPublisher:
         if left:
             self._producer.purge(in_queue=True, in_flight=True, blocking=True)
             # Purged records come back as delivery reports; serve them now, on this thread.
-            self._producer.flush(1.0)
+            self._serve(self._producer.flush, 1.0)
         return left
+
+    def _serve(self, call: Callable[[float], object], timeout: float) -> bool:
+        """``poll`` or ``flush`` the producer; False when it raised.
+
+        confluent-kafka raises a fatal producer error from poll/flush instead of passing it to
+        ``error_cb`` (and re-raises what a callback raised): recorded here, so that it cannot kill
+        the poller thread and `failed_fatally` / `PublisherFailed` report it.
+        """
+        try:
+            call(timeout)
+        except confluent_kafka.KafkaException as exc:
+            error = _error_of(exc)
+            if error is not None and error.fatal():
+                self._set_fatal(error)
+            else:
+                _log.error("librdkafka raised while serving callbacks: %s", _describe(exc))
+            return False
+        except Exception:
+            _log.exception("a librdkafka callback raised")
+            return False
+        return True
 
     def __enter__(self) -> KafkaPublisher:
         self.start()
@@ -414,8 +457,16 @@ class KafkaPublisher:
 
     # the hot path
 
-    def publish(self, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]) -> None:
-        """Queue one record; never blocks. Its outcome arrives later (delivered, or ``on_failed``).
+    def publish(
+        self,
+        value: bytes,
+        key: bytes | None,
+        headers: list[tuple[str, bytes]],
+        *,
+        token: object = None,
+    ) -> None:
+        """Queue one record; never blocks. Its outcome arrives later (``on_delivered(token)``, or
+        ``on_failed`` with ``record.token``); ``token`` is opaque here and is not sent.
 
         Raises `PublishBackpressure` (queue full; nothing was queued), `RecordRejected` (this record can
         never be produced), `PublisherFailed` (fatal producer state), `PublisherClosed`.
@@ -426,15 +477,16 @@ class KafkaPublisher:
             raise PublisherFailed(self._fatal)
         try:
             with self._produce_lock:
-                self._produce(value, key, tuple(headers))
+                self._produce(value, key, tuple(headers), token)
         except BufferError:
             self.stats._add("backpressure")
             raise PublishBackpressure(
                 f"local queue full ({self.outstanding()} records outstanding)"
             ) from None
         except confluent_kafka.KafkaException as exc:
-            error = exc.args[0] if exc.args and isinstance(exc.args[0], confluent_kafka.KafkaError) else None
-            if error is not None and error.fatal():
+            error = _error_of(exc)
+            # A producer already in a fatal state refuses with a plain ``_FATAL`` (not flagged fatal).
+            if error is not None and (error.fatal() or error.code() == _E._FATAL):
                 self._set_fatal(error)
                 raise PublisherFailed(self._fatal or "fatal") from None
             reason = failure_reason(error) if error is not None else "other"
@@ -445,15 +497,17 @@ class KafkaPublisher:
             raise RecordRejected("invalid", str(exc)) from None
         self.stats._add("accepted")
 
-    def _produce(self, value: bytes, key: bytes | None, headers: tuple[tuple[str, bytes], ...]) -> None:
-        # Delivery reports do not carry headers (confluent-kafka-python #574): bind them to the
-        # record's own callback so a failed record can be handed back whole.
+    def _produce(
+        self, value: bytes, key: bytes | None, headers: tuple[tuple[str, bytes], ...], token: object
+    ) -> None:
+        # Delivery reports do not carry headers (confluent-kafka-python #574): bind them (and the
+        # caller's token) to the record's own callback so a failed record can be handed back whole.
         self._producer.produce(
             self._topic,
             value,
             key,
             headers=list(headers),
-            on_delivery=lambda error, message: self._on_delivery(error, message, headers),
+            on_delivery=lambda error, message: self._on_delivery(error, message, headers, token),
         )
 
     # state for readiness and metrics
@@ -485,21 +539,29 @@ class KafkaPublisher:
         error: confluent_kafka.KafkaError | None,
         message: confluent_kafka.Message,
         headers: tuple[tuple[str, bytes], ...],
+        token: object,
     ) -> None:
         if error is None:
             self._broker_up = True
             self.stats._add("delivered")
+            if self._on_delivered is not None:
+                try:
+                    self._on_delivered(token)
+                except Exception:
+                    self.stats._add("hook_errors")
+                    _log.exception("on_delivered hook raised")
             return
         value = message.value()
         record = OutboundRecord(
             value=value if isinstance(value, bytes) else (value or "").encode(),
             key=_as_bytes(message.key()),
             headers=headers,
+            token=token,
         )
         reason = failure_reason(error)
         if self._moving and reason == "purged":
             try:
-                self._produce(record.value, record.key, record.headers)
+                self._produce(record.value, record.key, record.headers, token)
                 return
             except (BufferError, confluent_kafka.KafkaException) as exc:
                 _log.warning("record not moved to the rebuilt producer: %s", _describe(exc))
@@ -579,6 +641,13 @@ def _as_bytes(value: str | bytes | None) -> bytes | None:
     if value is None or isinstance(value, bytes):
         return value
     return value.encode()
+
+
+def _error_of(exc: BaseException) -> confluent_kafka.KafkaError | None:
+    if exc.args and isinstance(exc.args[0], confluent_kafka.KafkaError):
+        error: confluent_kafka.KafkaError = exc.args[0]
+        return error
+    return None
 
 
 def _describe(exc: BaseException) -> str:

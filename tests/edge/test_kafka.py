@@ -278,6 +278,26 @@ def test_broker_restart_mid_stream_every_record_arrives_at_least_once(tansu: Tan
         assert decode_anomaly(seen_b[a.event_id][0].value) == a
 
 
+def test_each_outcome_carries_the_token_the_record_was_published_with(tansu: Tansu) -> None:
+    anomalies = [anomaly(i) for i in range(25)]
+    delivered: list[object] = []
+    failed = Failed()
+    with KafkaPublisher(config(tansu), on_failed=failed, on_delivered=delivered.append) as publisher:
+        for i, a in enumerate(anomalies[:20]):
+            publisher.publish(encode_anomaly(a), a.partition_key, a.headers(), token=i)
+        assert publisher.flush(20) == 0
+        assert sorted(delivered) == list(range(20))  # type: ignore[type-var]
+
+        tansu.stop()
+        for i, a in enumerate(anomalies[20:]):
+            publisher.publish(encode_anomaly(a), a.partition_key, a.headers(), token=("late", i))
+        assert publisher.close(timeout=0) == 5
+    assert len(delivered) == 20
+    assert sorted(record.token for record, _ in failed.records) == [("late", i) for i in range(5)]  # type: ignore[type-var]
+    assert {reason for _, reason in failed.records} == {"purged"}
+    assert publisher.stats.hook_errors == 0
+
+
 def test_full_local_queue_raises_backpressure_and_close_hands_back_the_rest(tansu: Tansu) -> None:
     tansu.stop()  # nothing drains the queue
     anomalies = [anomaly(i) for i in range(15)]
