@@ -61,7 +61,7 @@ from aerie.proto.envelope import (
     TraceContext,
     decode_anomaly,
 )
-from aerie.proto.logs import trace_scope
+from aerie.proto.logs import quiet_logger, trace_scope
 
 __all__ = [
     "DLQ_DETAIL",
@@ -80,6 +80,8 @@ __all__ = [
 ]
 
 _log = logging.getLogger("aerie.brain.consumer")
+# librdkafka repeats each connection failure many times a second while a broker is away.
+_LIBRDKAFKA_LOG = quiet_logger("aerie.brain.consumer.librdkafka")
 
 #: Headers added to a dead-lettered message (its own headers are kept before them).
 DLQ_REASON: Final = "aerie-dlq-reason"
@@ -348,10 +350,10 @@ class AnomalyConsumer:
         self._producer_thread: threading.Thread | None = None
         try:
             self._consumer = confluent_kafka.Consumer(
-                {**config.consumer_settings(), "error_cb": self._on_error, "logger": _log}
+                {**config.consumer_settings(), "error_cb": self._on_error, "logger": _LIBRDKAFKA_LOG}
             )
             self._producer = confluent_kafka.Producer(
-                {**config.producer_settings(), "error_cb": self._on_error, "logger": _log}
+                {**config.producer_settings(), "error_cb": self._on_error, "logger": _LIBRDKAFKA_LOG}
             )
         except (confluent_kafka.KafkaException, ValueError, TypeError) as exc:
             raise ConsumerConfigError(f"librdkafka refused the settings: {_describe(exc)}") from None

@@ -1,4 +1,4 @@
-"""Edge subcommands: `aerie falco replay`.
+"""Edge subcommands: `aerie edge run` (the node daemon) and `aerie falco replay`.
 
 Handlers import the edge lazily: ``aerie --help`` must not pay for gRPC, uvicorn or httpx.
 """
@@ -16,6 +16,13 @@ Exit status: 0 when every alert reached every output; 1 when some did not (refus
 passed first); 2 on bad options or input (missing file, bad address or URL, TCP without mutual TLS,
 unreadable certificates); 130 when interrupted. Lines of FILE that are not Falco alerts are skipped
 and counted. The counts are printed at the end.
+"""
+
+
+_RUN_EPILOG = """\
+Exit status: 0 after SIGTERM/SIGINT or when a JSON-lines input without --follow ends (everything
+read was scored and spooled; what Kafka had not confirmed stays in the spool for the next start);
+2 on bad settings or when no valid model bundle can be loaded; 1 when a stage fails at run time.
 """
 
 
@@ -119,6 +126,27 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     replay.set_defaults(handler=_replay)
 
+    edge = sub.add_parser("edge", help="the node daemon").add_subparsers(
+        dest="edge_command", required=True, metavar="COMMAND"
+    )
+    run = edge.add_parser(
+        "run",
+        help="score Falco events on this node and publish the anomalies to Kafka",
+        description="The node daemon: one Falco input (gRPC, http_output or JSON lines) → features → "
+        "score → threshold → disk spool → Kafka. Settings come from a TOML file and AERIE_EDGE_* "
+        "environment variables (--help-config lists them all).",
+        epilog=_RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    option(run, "--config", env="AERIE_EDGE_CONFIG", type=Path, metavar="FILE", help="TOML settings file")
+    run.add_argument(
+        "--help-config", action="store_true", help="list every setting, its variable and default, and exit"
+    )
+    run.add_argument(
+        "--print-config", action="store_true", help="print the effective settings as JSON and exit"
+    )
+    run.set_defaults(handler=_run)
+
 
 def _replay(args: argparse.Namespace) -> int:
     import asyncio
@@ -162,3 +190,30 @@ def _replay(args: argparse.Namespace) -> int:
     if report.outcome == "interrupted":
         return 130
     return 0 if report.complete else 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import msgspec
+
+    from aerie.edge.config import ConfigError, describe, load_config
+    from aerie.edge.daemon import StartupError, run_edge
+    from aerie.proto.identity import spiffe_id
+    from aerie.proto.logs import configure
+
+    if args.help_config:
+        print(describe())
+        return 0
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    if args.print_config:
+        print(msgspec.json.format(msgspec.json.encode(config)).decode())
+        return 0
+    configure(spiffe_id("edge"), level=config.log_level)
+    try:
+        return asyncio.run(run_edge(config))
+    except StartupError as exc:
+        raise CliError(str(exc)) from None

@@ -67,6 +67,7 @@ from aerie.edge.errors import (
     PublishError,
     RecordRejected,
 )
+from aerie.proto.logs import quiet_logger
 
 __all__ = [
     "FAILURE_REASONS",
@@ -88,6 +89,8 @@ __all__ = [
 ]
 
 _log = logging.getLogger("aerie.edge.kafka")
+# librdkafka logs every failed reconnect, many per second while a broker is away: once a minute is enough.
+_LIBRDKAFKA_LOG = quiet_logger("aerie.edge.kafka.librdkafka")
 
 
 # --- failure reasons --------------------------------------------------------------------------------
@@ -351,7 +354,7 @@ class KafkaPublisher:
 
     def _new_producer(self) -> confluent_kafka.Producer:
         settings = self.config.producer_settings()
-        settings.update({"error_cb": self._on_error, "stats_cb": self._on_stats, "logger": _log})
+        settings.update({"error_cb": self._on_error, "stats_cb": self._on_stats, "logger": _LIBRDKAFKA_LOG})
         try:
             return confluent_kafka.Producer(settings)
         except (confluent_kafka.KafkaException, ValueError, TypeError) as exc:

@@ -16,19 +16,28 @@ import contextlib
 import contextvars
 import datetime as dt
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from typing import IO, Any, Final
 
 import msgspec
 
-__all__ = ["JsonFormatter", "configure", "current_trace_id", "trace_scope"]
+__all__ = [
+    "JsonFormatter",
+    "RepeatFilter",
+    "configure",
+    "current_trace_id",
+    "quiet_logger",
+    "trace_scope",
+]
 
 _TRACE_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("aerie_trace_id", default=None)
 
 # Attributes every LogRecord has; anything else on a record came from ``extra``.
 _STANDARD: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 _ENCODER: Final = msgspec.json.Encoder()
+_DIGITS: Final = re.compile(r"\d+")
 
 
 def current_trace_id() -> str | None:
@@ -99,3 +108,39 @@ def configure(component: str, *, level: str | int = "INFO", stream: IO[str] | No
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
     logging.getLogger("aerie").setLevel(level if isinstance(level, int) else level.upper())
+
+
+class RepeatFilter(logging.Filter):
+    """Let the same message through once per ``interval_s``; say how many were held back.
+
+    For chatty sources that repeat one line while a condition lasts (librdkafka logs every failed
+    reconnect, many per second while a broker is away). Messages are compared after digits are
+    blanked, so ``after 0ms`` and ``after 3ms`` count as the same line.
+    """
+
+    def __init__(self, interval_s: float = 60.0) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = _DIGITS.sub("#", record.getMessage())
+        now = record.created
+        last = self._seen.get(key)
+        if last is not None and now - last[0] < self.interval_s:
+            self._seen[key] = (last[0], last[1] + 1)
+            return False
+        if last is not None and last[1]:
+            record.repeated = last[1]
+        if len(self._seen) > 1024:  # bounded: a flood of distinct lines must not grow this forever
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        return True
+
+
+def quiet_logger(name: str, interval_s: float = 60.0) -> logging.Logger:
+    """A logger for a chatty library (librdkafka): each distinct line at most once per interval."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, RepeatFilter) for f in logger.filters):
+        logger.addFilter(RepeatFilter(interval_s))
+    return logger
