@@ -23,9 +23,12 @@ The agent listens on https://HOST:PORT (mutual TLS: callers need a certificate f
 DIR/ca.crt) and serves the A2A agent card at /.well-known/agent-card.json, JSON-RPC at / and a
 health check at /healthz. Only callers whose certificate identity is on --allow may send it work
 (403 otherwise); any CA-verified peer may read the card. Once listening it prints one line,
-"aerie agent NAME listening on URL", to stdout; logs are JSON lines on stderr. SIGTERM or SIGINT
-stops it after the requests in flight (exit status 0). Exit status 2: bad options, unreadable
-certificates, a port in use, an unusable --state-dir.
+"aerie agent NAME listening on URL", to stdout; logs are JSON lines on stderr. With --ops-port it
+also serves plain HTTP on HOST:OPS_PORT for Prometheus and the kubelet: /metrics (the agent's
+aerie_agent_* series), /healthz (the process answers), /readyz (the agent is serving); the bound
+port is in the "agent listening" log line (ops_port). SIGTERM or SIGINT stops it after the requests
+in flight (exit status 0). Exit status 2: bad options, unreadable certificates, a port in use, an
+unusable --state-dir.
 """
 
 
@@ -65,6 +68,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     option(
         run,
+        "--ops-port",
+        env="AERIE_AGENT_OPS_PORT",
+        type=int,
+        metavar="PORT",
+        help="serve /metrics, /healthz and /readyz over plain HTTP on HOST:PORT; 0 picks a free one "
+        "(default: off)",
+    )
+    option(
+        run,
         "--state-dir",
         env="AERIE_AGENT_STATE_DIR",
         type=Path,
@@ -94,7 +106,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=int,
         default=5,
         metavar="SECONDS",
-        help="on SIGTERM, how long requests in flight (and idle client connections) may hold the stop",
+        help="on SIGTERM, how long requests in flight may hold the stop",
     )
     option(run, "--log-level", env="AERIE_LOG_LEVEL", default="INFO", help="log level of aerie's loggers")
     run.set_defaults(handler=_run)
@@ -128,8 +140,9 @@ def _run(args: argparse.Namespace) -> int:
         allowed = parse_identities(args.allow) if args.allow is not None else DEFAULT_ALLOWED
     except ValueError as exc:
         raise CliError(f"--allow: {exc}") from None
-    if args.port is not None and not 0 <= args.port <= 65535:
-        raise CliError(f"--port: {args.port} is not a port number")
+    for flag_name, port in (("--port", args.port), ("--ops-port", args.ops_port)):
+        if port is not None and not 0 <= port <= 65535:
+            raise CliError(f"{flag_name}: {port} is not a port number")
     if args.grace < 0:
         raise CliError(f"--grace: {args.grace} is negative")
     if agent.needs_state and args.state_dir is None:
@@ -148,16 +161,20 @@ def _run(args: argparse.Namespace) -> int:
         graceful_timeout_s=args.grace,
     )
     try:
-        asyncio.run(_serve(service))
+        asyncio.run(_serve(service, ops_port=args.ops_port))
     except ServiceError as exc:
         raise CliError(str(exc)) from None
     return 0
 
 
-async def _serve(service: AgentService) -> None:
+async def _serve(service: AgentService, *, ops_port: int | None) -> None:
     import asyncio
+    import contextlib
     import logging
     import signal
+
+    from aerie.brain.agents.service import ServiceError
+    from aerie.proto.ops import OpsServer, Probe, ServeError
 
     log = logging.getLogger("aerie.brain.agent_cli")
     stop = asyncio.Event()
@@ -165,16 +182,43 @@ async def _serve(service: AgentService) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     url = await service.start()
-    log.info(
-        "agent listening",
-        extra={"agent": service.name, "url": url, "allowed": sorted(service.allowed)},
-    )
-    print(f"aerie agent {service.name} listening on {url}", flush=True)
+    ops: OpsServer | None = None
     try:
+        if ops_port is not None:
+
+            def ready() -> Probe:
+                # Not ready from SIGTERM on: the kubelet stops routing work here while in-flight
+                # requests finish.
+                return Probe(ok=not stop.is_set(), detail={"agent": service.name, "url": url})
+
+            ops = OpsServer(
+                service.host,
+                ops_port,
+                service.metrics.registry,
+                ready=ready,
+                name=f"aerie-agent-{service.name}-ops",
+            )
+            try:
+                await ops.start()
+            except ServeError as exc:
+                raise ServiceError(f"--ops-port: {exc}") from None
+        log.info(
+            "agent listening",
+            extra={
+                "agent": service.name,
+                "url": url,
+                "allowed": sorted(service.allowed),
+                "ops_port": ops.port if ops is not None else None,
+            },
+        )
+        print(f"aerie agent {service.name} listening on {url}", flush=True)
         await stop.wait()
     finally:
         log.info("agent stopping", extra={"agent": service.name})
         await service.stop()
+        if ops is not None:
+            with contextlib.suppress(Exception):
+                await ops.close()
     log.info("agent stopped", extra={"agent": service.name})
 
 

@@ -38,6 +38,33 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="dead-letter topic",
     )
     option(run, "--group", env="AERIE_KAFKA_GROUP", default="aerie-brain", help="consumer group")
+    option(
+        run,
+        "--session-timeout",
+        env="AERIE_KAFKA_SESSION_TIMEOUT_MS",
+        type=int,
+        default=45_000,
+        metavar="MS",
+        help="consumer group session timeout: how long a dead brain holds its partitions",
+    )
+    option(
+        run,
+        "--heartbeat-interval",
+        env="AERIE_KAFKA_HEARTBEAT_INTERVAL_MS",
+        type=int,
+        default=3_000,
+        metavar="MS",
+        help="consumer group heartbeat interval (below --session-timeout)",
+    )
+    option(
+        run,
+        "--kafka-option",
+        env="AERIE_KAFKA_OPTIONS",
+        type=_key_values,
+        default={},
+        metavar="KEY=VALUE,...",
+        help="further librdkafka consumer properties (TLS, SASL, fetch.wait.max.ms, ...)",
+    )
     add_store_options(run)
     add_agent_options(run, identity="brain")
     option(
@@ -131,7 +158,13 @@ def _brain_run(args: argparse.Namespace) -> int:
 
     try:
         consumer = ConsumerConfig(
-            bootstrap_servers=args.kafka, topic=args.topic, dlq_topic=args.dlq_topic, group_id=args.group
+            bootstrap_servers=args.kafka,
+            topic=args.topic,
+            dlq_topic=args.dlq_topic,
+            group_id=args.group,
+            session_timeout_ms=args.session_timeout,
+            heartbeat_interval_ms=args.heartbeat_interval,
+            librdkafka=args.kafka_option,
         )
     except ConsumerConfigError as exc:
         raise CliError(str(exc)) from None
@@ -159,3 +192,11 @@ def _brain_run(args: argparse.Namespace) -> int:
         return asyncio.run(run_brain(settings))
     except TlsError as exc:
         raise CliError(f"--certs: {exc} (run `aerie certs init {args.certs}`)") from None
+
+
+def _key_values(text: str) -> dict[str, str]:
+    """``a=1,b=2`` → ``{"a": "1", "b": "2"}``."""
+    pairs = [part.split("=", 1) for part in text.split(",") if part.strip()]
+    if any(len(pair) != 2 or not pair[0].strip() for pair in pairs):
+        raise ValueError(f"expected KEY=VALUE pairs separated by commas, got {text!r}")
+    return {key.strip(): value.strip() for key, value in pairs}

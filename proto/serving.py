@@ -6,6 +6,13 @@ agents' A2A services, the brain's ops endpoints). uvicorn does not hand the peer
 app; `IdentityHttpToolsProtocol` reads it once per connection and puts it where the ASGI TLS
 extension says (``scope["extensions"]["tls"]["client_cert_chain"]``), and `peer_identity` reads it
 back as a SPIFFE URI.
+
+Shutdown: uvicorn's graceful stop closes each idle keep-alive connection and waits until it is gone.
+Over TLS a close sends ``close_notify`` and waits for the peer's, which a client's idle pooled
+connection never sends (nobody reads it), so every such connection used to hold the stop for the
+whole graceful timeout. `IdentityHttpToolsProtocol` closes it the same way and aborts it
+``_CLOSE_NOTIFY_WAIT_S`` later if the peer has not answered; a request in flight still gets its
+response first and is then closed the same way.
 """
 
 from __future__ import annotations
@@ -37,6 +44,9 @@ Scope = MutableMapping[str, Any]
 SslFactory = Callable[[], ssl.SSLContext]
 
 _START_TIMEOUT_S: Final = 10.0
+_CLOSE_NOTIFY_WAIT_S: Final = 0.1
+"""How long a TLS connection closed at shutdown waits for the peer's close_notify before it is aborted:
+a peer that is reading answers within a round trip; an idle pooled one never does."""
 
 
 class ServeError(Exception):
@@ -55,24 +65,57 @@ def peer_identity(scope: Scope) -> str | None:
 
 
 class IdentityHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol plus the ASGI TLS extension (``client_cert_chain``).
+    """uvicorn's httptools protocol plus the ASGI TLS extension (``client_cert_chain``), and a
+    shutdown that does not wait on idle TLS peers (see the module docstring).
 
     The certificate is fixed for the connection, so it is read once when the connection is made.
     """
 
     _peer_pem: str | None = None
+    _tls = False
+    _stopping = False
+    _abort_handle: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         ssl_object = transport.get_extra_info("ssl_object")
+        self._tls = ssl_object is not None
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         self._peer_pem = ssl.DER_cert_to_PEM_cert(der) if der else None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._abort_handle is not None:
+            self._abort_handle.cancel()
+            self._abort_handle = None
+        super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         if self._peer_pem is not None:
             extensions = self.scope.setdefault("extensions", {})
             extensions["tls"] = {"client_cert_chain": [self._peer_pem]}
+
+    def shutdown(self) -> None:
+        # uvicorn closes an idle connection here, and one with a request in flight once its response
+        # is out (on_response_complete); either way the close must not wait on the peer.
+        self._stopping = True
+        super().shutdown()
+        if self.transport.is_closing():
+            self._abort_soon()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._stopping and self.transport.is_closing():
+            self._abort_soon()
+
+    def _abort_soon(self) -> None:
+        if self._tls and self._abort_handle is None:
+            self._abort_handle = self.loop.call_later(_CLOSE_NOTIFY_WAIT_S, self._abort)
+
+    def _abort(self) -> None:
+        self._abort_handle = None
+        if self in self.connections:  # connection_lost has not run: the peer never answered
+            self.transport.abort()
 
 
 class EmbeddedServer(uvicorn.Server):
