@@ -361,9 +361,8 @@ class AgentService:
         public_url: the URL the card advertises (default: ``https://host:port``), for Kubernetes
             where callers reach the agent by a Service name.
         max_tasks: finished tasks kept for ``GetTask``.
-        graceful_timeout_s: how long `stop` lets requests in flight finish. Callers' idle pooled
-            connections also hold the stop this long (the TLS close waits for the peer), so keep
-            it short: agent requests take milliseconds.
+        graceful_timeout_s: how long `stop` lets requests in flight finish (idle keep-alive
+            connections are closed at once, see `aerie.proto.serving`).
     """
 
     def __init__(

@@ -66,7 +66,7 @@ class AgentProcess:
 def spawn(name: str, certs: Path, state: Path, log: Path, *, port: int = 0) -> AgentProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AERIE_")}
     args = [sys.executable, "-m", "aerie.brain.agent_cli", "agent", "run", name]
-    # --grace 1: a caller's idle pooled connection holds a stop that long.
+    # --grace 1: requests in flight at a stop get a second to finish.
     args += ["--certs", str(certs), "--port", str(port), "--state-dir", str(state), "--grace", "1"]
     with log.open("a") as err:
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
