@@ -2,9 +2,9 @@
 
 Start-up order: load and verify the model bundle (no valid bundle → `StartupError`, exit 2), restore
 the feature state (the saved state file when it matches, else the bundle's), open the spool, start
-the ops endpoints, the forwarder, the model watcher, the threshold poller, then the input. Kafka need
-not be reachable: anomalies are spooled, readiness and the logs say so, and they are published when
-the broker answers.
+the ops endpoints, the forwarder, the model watcher, the threshold poller, then the input, once the
+threshold policy was read (or after `FIRST_POLICY_WAIT_S`). Kafka need not be reachable: anomalies are
+spooled, readiness and the logs say so, and they are published when the broker answers.
 
 SIGTERM / SIGINT: the input is closed, everything already accepted is scored and spooled, the
 forwarder waits up to ``pipeline.drain_timeout_s`` for Kafka to confirm what is in flight (the rest
@@ -20,7 +20,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from aerie.edge.config import EdgeConfig
 from aerie.edge.detector import Detector
@@ -41,6 +41,9 @@ from aerie.proto.ops import OpsServer, Probe
 __all__ = ["EdgeDaemon", "StartupError", "run_edge"]
 
 log = logging.getLogger("aerie.edge.daemon")
+
+FIRST_POLICY_WAIT_S: Final = 2.0
+"""At start, how long the input waits for the threshold policy's first read (see `EdgeDaemon.run`)."""
 
 
 class StartupError(Exception):
@@ -134,6 +137,9 @@ class EdgeDaemon:
             raise StartupError(f"spool {config.spool.dir}: {exc}") from None
         try:
             source = build_input(config)
+            if isinstance(source, HttpInput):
+                # Bind now: a port in use is a start-up error (exit 2), not a failure at run time.
+                await source.start()
         except InputError as exc:
             await spool.close()
             raise StartupError(str(exc)) from None
@@ -165,11 +171,19 @@ class EdgeDaemon:
             raise StartupError(f"ops endpoints on {config.ops.host}:{config.ops.port}: {exc}") from None
 
         forwarding = asyncio.create_task(self.forwarder.run(), name="aerie-edge-forwarder")
-        background = [
+        background: list[asyncio.Task[Any]] = [
             forwarding,
             asyncio.create_task(watcher.run(), name="aerie-edge-model-watch"),
             asyncio.create_task(self.threshold.run(), name="aerie-edge-threshold"),
         ]
+        # The policy in force decides from the first event: without this, whatever waits at start
+        # (a followed file, Falco's backlog) is judged by the bundle's threshold until the first poll
+        # answers. Bounded, so a slow brain does not hold the node's start-up (the bundle's threshold
+        # serves until the poller gets through), and not cancelled on timeout: a read cut short
+        # would be remembered as read but never applied.
+        first_policy = asyncio.create_task(self.threshold.refresh(), name="aerie-edge-threshold-first")
+        background.append(first_policy)
+        await asyncio.wait({first_policy}, timeout=FIRST_POLICY_WAIT_S)
         pipeline_task = asyncio.create_task(self.pipeline.run(), name="aerie-edge-pipeline")
         self._started = True
         log.info(
@@ -184,6 +198,7 @@ class EdgeDaemon:
                 "spool": config.spool.dir,
                 "spooled_backlog": spool.stats().get("queued_records"),
                 "ops_port": self.ops.port,
+                "input_url": source.url if isinstance(source, HttpInput) else None,
                 "pid": os.getpid(),
             },
         )
