@@ -59,8 +59,9 @@ class InputSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     grpc: GrpcInputConfig = msgspec.field(default_factory=GrpcInputConfig)
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     jsonlines: JsonLinesSettings = msgspec.field(default_factory=JsonLinesSettings)
-    queue_size: int = 16_384
-    """Decoded events waiting to be scored. When full: shed (counted) or block the input."""
+    queue_size: int = 8_192
+    """Decoded events waiting to be scored (~0.14 s at 60k events/s, ~5.5 KB each). When full: shed
+    (counted) or block the input."""
     overload: Literal["shed", "block", "auto"] = "auto"
     """``auto``: shed for live inputs (gRPC, HTTP: Falco does not wait), block for JSON lines (a file can)."""
 
