@@ -118,12 +118,30 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = sub.add_parser(
         "demo",
         help="the whole system on one machine, on embedded defaults",
-        description="Generate a scenario corpus, replay it like Falco through every input "
-        "(gRPC, http_output, JSON lines) and print what arrived.",
+        description="Run the whole system on this machine, each part in its own process: a local CA, "
+        "an embedded Kafka broker (Tansu), the five agents, the brain, the edge daemon with a model "
+        "trained here, and Falco's http_output replaying a labelled attack scenario over mutual TLS. "
+        "Waits until every anomaly the edge published has a verdict or an escalation, prints a report "
+        "(verdicts, detection per scenario, ATT&CK tactics, latency, one escalation's whole chain), "
+        "approves that escalation as an operator would, and stops every part. Exit status 0 only "
+        "when every published anomaly reached a verdict and every part stopped cleanly.",
     )
     option(demo, "--seed", env="AERIE_DEMO_SEED", type=int, default=7, help="scenario seed")
-    option(demo, "--events", env="AERIE_DEMO_EVENTS", type=int, default=6000, help="events to replay")
+    option(
+        demo,
+        "--events",
+        env="AERIE_DEMO_EVENTS",
+        type=int,
+        help="alerts in the scenario (default 10000; 2500 with --quick)",
+    )
     option(demo, "--workdir", env="AERIE_DEMO_WORKDIR", type=Path, help="keep files here (default: temp dir)")
+    flag(demo, "--quick", env="AERIE_DEMO_QUICK", help="a smaller training day and scenario (tests)")
+    flag(
+        demo,
+        "--keep",
+        env="AERIE_DEMO_KEEP",
+        help="after the report, keep every part running until Ctrl-C (to decide the other cases)",
+    )
     demo.set_defaults(handler=_demo)
 
 
@@ -141,15 +159,23 @@ def _certs_init(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from aerie.brain.demo import run_demo
+    from aerie.brain.demo import DemoOptions, run_demo
+    from aerie.models.corpus.generate import MAX_EVENTS, MIN_EVENTS
 
-    return run_demo(seed=args.seed, events=args.events, workdir=args.workdir)
+    if args.events is not None and not MIN_EVENTS <= args.events <= MAX_EVENTS:
+        raise CliError(f"--events: {args.events} is not within {MIN_EVENTS}..{MAX_EVENTS}")
+    if args.quick:
+        options = DemoOptions.quick(seed=args.seed, events=args.events, keep=args.keep)
+    else:
+        options = DemoOptions(seed=args.seed, events=args.events or DemoOptions.events, keep=args.keep)
+    return run_demo(options, workdir=args.workdir)
 
 
 def _brain_run(args: argparse.Namespace) -> int:
     import asyncio
 
     from aerie.brain.agents.registry import parse_endpoints
+    from aerie.brain.audit import StoreError
     from aerie.brain.consumer import ConsumerConfig, ConsumerConfigError
     from aerie.brain.service import BrainSettings, run_brain
     from aerie.edge.errors import TlsError
@@ -192,6 +218,8 @@ def _brain_run(args: argparse.Namespace) -> int:
         return asyncio.run(run_brain(settings))
     except TlsError as exc:
         raise CliError(f"--certs: {exc} (run `aerie certs init {args.certs}`)") from None
+    except StoreError as exc:
+        raise CliError(f"--audit/--checkpoints: {exc}") from None
 
 
 def _key_values(text: str) -> dict[str, str]:
