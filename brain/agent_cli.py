@@ -29,6 +29,10 @@ aerie_agent_* series), /healthz (the process answers), /readyz (the agent is ser
 port is in the "agent listening" log line (ops_port). SIGTERM or SIGINT stops it after the requests
 in flight (exit status 0). Exit status 2: bad options, unreadable certificates, a port in use, an
 unusable --state-dir.
+
+With --mcp-attack the analyst maps ATT&CK through the aerie-attack MCP server (`aerie mcp run attack`),
+presenting its own certificate; when that server cannot be reached the analysis says so at confidence
+0, which the reviewer escalates. Without it the analyst reads the same table in process.
 """
 
 
@@ -108,6 +112,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="SECONDS",
         help="on SIGTERM, how long requests in flight may hold the stop",
     )
+    option(
+        run,
+        "--mcp-attack",
+        env="AERIE_AGENT_MCP_ATTACK",
+        metavar="URL",
+        help="analyst only: map ATT&CK through the aerie-attack MCP server at this https:// URL "
+        "(e.g. https://127.0.0.1:7201/mcp), calling with the agent's own certificate (default: the "
+        "local table, no MCP)",
+    )
     option(run, "--log-level", env="AERIE_LOG_LEVEL", default="INFO", help="log level of aerie's loggers")
     run.set_defaults(handler=_run)
 
@@ -115,7 +128,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from aerie.brain.agents.logic import build_logic
+    from aerie.brain.agents.logic import AgentLogic, build_logic
     from aerie.brain.agents.registry import DEFAULT_ALLOWED, parse_identities, spec
     from aerie.brain.agents.service import AgentService, ServiceError
     from aerie.brain.metrics import BrainMetrics
@@ -147,12 +160,33 @@ def _run(args: argparse.Namespace) -> int:
         raise CliError(f"--grace: {args.grace} is negative")
     if agent.needs_state and args.state_dir is None:
         raise CliError(f"--state-dir is required for {name}: its idempotency records must survive restarts")
+    mcp_attack: str | None = args.mcp_attack
+    if mcp_attack is not None:
+        if name != "analyst":
+            raise CliError(f"--mcp-attack: only the analyst maps ATT&CK, not {name}")
+        if not mcp_attack.startswith("https://"):
+            raise CliError(
+                f"--mcp-attack: {mcp_attack!r} is not an https:// URL (MCP servers speak mutual TLS)"
+            )
     configure(agent.identity, level=args.log_level)
-    logic = build_logic(name, state_dir=args.state_dir)
     # One registry for the process; the ops endpoint (/metrics) exposes service.metrics.
+    metrics = BrainMetrics()
+    if mcp_attack is not None:
+        from aerie.brain.agents.logic import ATTACK_SERVER, AnalystLogic
+        from aerie.brain.mcp.client import McpCaller
+
+        try:
+            caller = McpCaller.from_certs(
+                certs, component=agent.component, servers={ATTACK_SERVER: mcp_attack}, metrics=metrics
+            )
+        except TlsError as exc:
+            raise CliError(f"--certs: {exc} (run `aerie certs init {certs}`)") from None
+        logic: AgentLogic = AnalystLogic(mcp=caller)
+    else:
+        logic = build_logic(name, state_dir=args.state_dir)
     service = AgentService(
         logic,
-        metrics=BrainMetrics(),
+        metrics=metrics,
         tls=tls,
         host=args.host,
         port=args.port,

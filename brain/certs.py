@@ -35,6 +35,7 @@ DEFAULT_COMPONENTS = (
     "agent-reviewer",
     "agent-remediate",
     "agent-notify",
+    "mcp-attack",
     "cli",
 )
 _VALIDITY = dt.timedelta(days=365)

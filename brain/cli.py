@@ -26,6 +26,7 @@ _PARTS = (
     "aerie.brain.commands",
     "aerie.brain.case_cli",
     "aerie.brain.agent_cli",
+    "aerie.brain.mcp_cli",
 )
 
 

@@ -20,13 +20,13 @@ import abc
 import hashlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import msgspec
 
-from aerie.brain.agents import attack
 from aerie.brain.agents.registry import SPECS, AgentSpec
 from aerie.brain.agents.store import IdempotentStore
+from aerie.brain.mcp import attack
 from aerie.proto.agents import (
     Action,
     AnalyseRequest,
@@ -42,6 +42,9 @@ from aerie.proto.agents import (
     ReviewRequest,
 )
 from aerie.proto.event import Priority
+
+if TYPE_CHECKING:
+    from aerie.brain.mcp.client import McpCaller
 
 __all__ = [
     "ALWAYS_ESCALATE_NAMESPACES",
@@ -127,7 +130,7 @@ class _EventView(msgspec.Struct, kw_only=True):
     priority: int | str
     hostname: str = ""
     tags: list[str] = msgspec.field(default_factory=list)
-    output_fields: dict[str, Any] = msgspec.field(default_factory=dict)
+    output_fields: Any = None  # only sent on to MCP, and only what fits (`_mcp_fields`)
 
 
 class _AnomalyView(msgspec.Struct, kw_only=True):
@@ -244,25 +247,102 @@ class DetectLogic(AgentLogic):
 
 class _TagsEvent(msgspec.Struct):
     tags: list[str] = msgspec.field(default_factory=list)
+    output_fields: Any = None  # only sent on to MCP, and only what fits (`_mcp_fields`)
 
 
 class _TagsView(msgspec.Struct):
     event: _TagsEvent = msgspec.field(default_factory=_TagsEvent)
 
 
+class _McpMapping(msgspec.Struct, frozen=True):
+    """What ``map_technique`` of the ``aerie-attack`` MCP server answers (its output schema)."""
+
+    tactic: str
+    technique: str
+    technique_name: str
+    confidence: float
+    source: str
+
+
+ATTACK_SERVER: Final = "attack"
+"""The analyst's name for the ATT&CK MCP server (`aerie.brain.mcp.client.McpCaller` servers key)."""
+
+
+def _mcp_fields(fields: Any) -> dict[str, Any]:
+    """The event's output fields as ``map_technique`` accepts them: scalar values, cut to the bounds
+    (`aerie.brain.mcp.attack`) rather than refused, so an oversized event still gets its mapping."""
+    out: dict[str, Any] = {}
+    for key, value in fields.items() if isinstance(fields, Mapping) else ():
+        if len(out) >= attack.FIELDS_MAX:
+            break
+        if not isinstance(key, str) or len(key) > attack.FIELD_NAME_MAX:
+            continue
+        if isinstance(value, str):
+            out[key] = value[: attack.FIELD_VALUE_MAX]
+        elif value is None or isinstance(value, bool | int | float):
+            out[key] = value
+    return out
+
+
 class AnalystLogic(AgentLogic):
-    """ATT&CK tactic and technique from the rule (`aerie.brain.agents.attack`), and a proposed action:
-    none for low severity, isolate the pod when there is one, else kill the process."""
+    """ATT&CK tactic and technique for the detection's rule, and a proposed action: none for low
+    severity, isolate the pod when there is one, else kill the process.
+
+    With ``mcp`` (an `aerie.brain.mcp.client.McpCaller` knowing the ``attack`` server) the mapping
+    comes from the ``aerie-attack`` MCP server's ``map_technique`` tool, called under the A2A
+    request's trace; the analyst owns the caller (closes it). Without ``mcp`` (the no-MCP mode, for
+    tests and single-process runs) it reads the same table (`aerie.brain.mcp.attack`) directly. When
+    the MCP server cannot be reached or answers no valid mapping, the analysis says so at confidence
+    0, which the reviewer escalates; the analyst never fails the task for it.
+    """
 
     spec = SPECS["analyst"]
 
+    def __init__(self, *, mcp: McpCaller | None = None) -> None:
+        self.mcp = mcp
+
+    async def close(self) -> None:
+        if self.mcp is not None:
+            await self.mcp.aclose()
+
+    async def _map(self, rule: str, event: _TagsEvent) -> tuple[attack.Mapping, str]:
+        """The mapping and how it was found, for the rationale."""
+        if self.mcp is None:
+            mapping = attack.lookup(rule, event.tags)
+            return mapping, {"rule": "curated table", "tags": "rule tags"}.get(mapping.source, "no mapping")
+        from aerie.brain.mcp.client import McpError
+
+        tags = [t for t in event.tags if len(t) <= attack.TAG_MAX]  # longer ones are no ATT&CK tag
+        arguments = {
+            "rule": rule[: attack.RULE_MAX],
+            "tags": tags[: attack.TAGS_MAX],
+            "output_fields": _mcp_fields(event.output_fields),
+        }
+        try:
+            data = await self.mcp.call(ATTACK_SERVER, "map_technique", arguments)
+            found = msgspec.convert(data, _McpMapping)
+        except (McpError, msgspec.ValidationError) as exc:
+            why = exc.reason if isinstance(exc, McpError) else f"answer not understood: {exc}"
+            return attack.Mapping("unknown", "unknown", "", 0.0, "none"), _clip(
+                f"no mapping: ATT&CK MCP server failed ({why})", _FIELD_MAX
+            )
+        mapping = attack.Mapping(
+            found.tactic,
+            found.technique,
+            found.technique_name,
+            min(max(found.confidence, 0.0), 1.0),
+            found.source,
+        )
+        source = {"rule": "curated table", "tags": "rule tags"}.get(mapping.source, "no mapping")
+        return mapping, f"{source} via MCP aerie-attack"
+
     async def handle(self, request: AnalyseRequest) -> Outcome:
         try:
-            tags = msgspec.convert(request.anomaly, _TagsView, strict=False).event.tags
+            event = msgspec.convert(request.anomaly, _TagsView, strict=False).event
         except msgspec.ValidationError as exc:
             raise LogicError(f"anomaly: {exc}") from None
         detection = request.detection
-        mapping = attack.lookup(detection.rule, tags)
+        mapping, source = await self._map(detection.rule, event)
         asset = detection.asset
         if detection.severity == "low":
             kind: Literal["none", "isolate_pod", "kill_process"] = "none"
@@ -274,7 +354,6 @@ class AnalystLogic(AgentLogic):
             kind = "kill_process"
             why = "no pod to isolate: stop the offending process"
         action = Action(kind=kind, target=asset, reason=why, dry_run=True)
-        source = {"rule": "curated table", "tags": "rule tags"}.get(mapping.source, "no mapping")
         rationale = (
             f"rule {detection.rule!r} maps to {mapping.tactic}/{mapping.technique} ({source}),"
             f" confidence {mapping.confidence:.2f}; severity {detection.severity}; {why}"

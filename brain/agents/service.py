@@ -68,6 +68,7 @@ from starlette.requests import Request
 
 from aerie.brain.agents.logic import AgentLogic, LogicError, Outcome
 from aerie.brain.agents.registry import DEFAULT_ALLOWED, DEFAULT_HOST
+from aerie.brain.mcp.trace import serving_traceparent
 from aerie.brain.metrics import BrainMetrics
 from aerie.edge.tls import ServerTls, server_ssl_context
 from aerie.proto.envelope import EnvelopeError, TraceContext
@@ -180,7 +181,8 @@ class _Executor(AgentExecutor):
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
         trace, traceparent = _trace(context.call_context.state.get("headers"))
-        with trace_scope(trace.trace_id if trace is not None else None):
+        # serving_traceparent: MCP calls the logic makes are child spans of this request's span.
+        with trace_scope(trace.trace_id if trace is not None else None), serving_traceparent(traceparent):
             await self._execute(context, event_queue, traceparent)
 
     async def _execute(

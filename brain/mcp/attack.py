@@ -1,11 +1,14 @@
-"""A small, fixed MITRE ATT&CK table for the deterministic analyst.
+"""The MITRE ATT&CK table aerie maps Falco rules with: its one home, served by the ``aerie-attack``
+MCP server (`aerie.brain.mcp.attack_server`) and read directly by the analyst only when it runs
+without MCP.
 
 Looked up by the Falco rule's *name* first (curated, highest confidence), then by the rule's tags
-(``mitre_<tactic>`` and ``T<nnnn>``, as Falco's own rules carry them). Rule names and tags come
-from the rule definitions the operator deployed, never from an event's output fields, which an
-attacker can write into; nothing here reads those fields.
+(``mitre_<tactic>``, ``TA<nnnn>`` and ``T<nnnn>[.<nnn>]``, as Falco's own rules carry them). Rule names
+and tags come from the rule definitions the operator deployed, never from an event's output fields,
+which an attacker can write into; nothing here reads those fields.
 
-The next step replaces this with a full ATT&CK mapping; the shape (`Mapping`) stays.
+The table is small and fixed; a full ATT&CK import replaces the data, the shapes (`Mapping`,
+`Technique`) stay.
 """
 
 from __future__ import annotations
@@ -15,7 +18,30 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["TACTICS", "Mapping", "lookup"]
+__all__ = [
+    "FIELDS_MAX",
+    "FIELD_NAME_MAX",
+    "FIELD_VALUE_MAX",
+    "RULE_MAX",
+    "TACTICS",
+    "TACTIC_NAMES",
+    "TAGS_MAX",
+    "TAG_MAX",
+    "Mapping",
+    "Technique",
+    "lookup",
+    "tactic_name",
+    "technique",
+]
+
+# Bounds of what a mapping request may carry (the ``map_technique`` tool's input schema); callers
+# cut what they send to fit. Falco rule names and tags are short; output fields are the event's.
+RULE_MAX: Final = 256
+TAG_MAX: Final = 64
+TAGS_MAX: Final = 64
+FIELD_NAME_MAX: Final = 128
+FIELD_VALUE_MAX: Final = 1024
+FIELDS_MAX: Final = 128
 
 TACTICS: Final = {
     "reconnaissance": "TA0043",
@@ -34,6 +60,24 @@ TACTICS: Final = {
     "impact": "TA0040",
 }
 """Falco's ``mitre_<tactic>`` tag suffix → tactic id."""
+
+TACTIC_NAMES: Final = {
+    "TA0043": "Reconnaissance",
+    "TA0042": "Resource Development",
+    "TA0001": "Initial Access",
+    "TA0002": "Execution",
+    "TA0003": "Persistence",
+    "TA0004": "Privilege Escalation",
+    "TA0005": "Defense Evasion",
+    "TA0006": "Credential Access",
+    "TA0007": "Discovery",
+    "TA0008": "Lateral Movement",
+    "TA0009": "Collection",
+    "TA0010": "Exfiltration",
+    "TA0011": "Command and Control",
+    "TA0040": "Impact",
+}
+"""Tactic id → its ATT&CK name."""
 
 _TECHNIQUE_NAMES: Final = {
     "T1005": "Data from Local System",
@@ -140,3 +184,30 @@ def lookup(rule: str, tags: Iterable[str]) -> Mapping:
             tactic or "unknown", technique or "unknown", _TECHNIQUE_NAMES.get(technique, ""), 0.5, "tags"
         )
     return Mapping("unknown", "unknown", "", 0.2, "none")
+
+
+@dataclass(frozen=True)
+class Technique:
+    """One technique as the table knows it."""
+
+    technique: str
+    name: str
+    """Empty when the table does not know the id."""
+    parent: str
+    """The parent technique of a sub-technique (``T1059`` for ``T1059.004``), else empty."""
+    tactics: tuple[str, ...]
+    """Tactic ids the curated rules file this technique under, sorted."""
+    found: bool
+
+
+def tactic_name(tactic: str) -> str:
+    """The ATT&CK name of tactic id ``tactic``; empty when unknown."""
+    return TACTIC_NAMES.get(tactic, "")
+
+
+def technique(technique_id: str) -> Technique:
+    """What the table knows of ``technique_id`` (``T1059``, ``T1059.004``); ``found`` False when nothing."""
+    parent = technique_id.partition(".")[0] if "." in technique_id else ""
+    tactics = tuple(sorted({m.tactic for m in _BY_RULE.values() if m.technique == technique_id}))
+    name = _TECHNIQUE_NAMES.get(technique_id, "")
+    return Technique(technique_id, name, parent, tactics, found=bool(name or tactics))
