@@ -450,6 +450,7 @@ class Demo:
         self.checkpoints_url = f"sqlite:///{workdir / 'brain' / 'checkpoints.db'}"
         self.agents: dict[str, Child] = {}
         self.agent_urls: dict[str, str] = {}
+        self.mcp: Child | None = None
 
     def say(self, text: str) -> None:
         print(f"[{time.monotonic() - self.started:5.1f}s] {text}", flush=True)
@@ -478,10 +479,28 @@ class Demo:
         tansu = _broker(system)
         self.say(f"kafka: Tansu on {tansu.bootstrap}, topics {TOPIC} ({PARTITIONS} partitions), {DLQ_TOPIC}")
 
-        # The agents start while the model trains: their imports take seconds of their own.
+        # The agents start while the model trains: their imports take seconds of their own. The
+        # analyst maps ATT&CK through the MCP server, so the trace reaches an MCP call too.
+        from aerie.perf.tansu import free_port
+
+        mcp_port = free_port()
+        mcp = [
+            "mcp",
+            "run",
+            "attack",
+            "--certs",
+            str(self.pki),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(mcp_port),
+        ]
+        mcp_server = self.mcp = system.spawn("mcp-attack", [*mcp, "--grace", "1"])
         for name in AGENT_NAMES:
             args = ["agent", "run", name, "--certs", str(self.pki), "--host", "127.0.0.1", "--port", "0"]
             args += ["--state-dir", str(self.workdir / "state" / name), "--grace", "1"]
+            if name == "analyst":
+                args += ["--mcp-attack", f"https://127.0.0.1:{mcp_port}/mcp"]
             self.agents[name] = system.spawn(f"agent-{name}", args)
         trained = await asyncio.to_thread(_train, self.workdir, self.options)
         self.say(
@@ -498,7 +517,17 @@ class Demo:
                 log=child.log,
             )
             self.agent_urls[name] = str(listening["url"])
-        self.say(f"agents: {', '.join(AGENT_NAMES)} listening (A2A over mutual TLS, a certificate each)")
+        await _until(
+            "the MCP server to listen",
+            functools.partial(_logged, mcp_server, "mcp server listening"),
+            system,
+            START_TIMEOUT_S,
+            log=mcp_server.log,
+        )
+        self.say(
+            f"agents: {', '.join(AGENT_NAMES)} listening (A2A over mutual TLS, a certificate each); "
+            f"the analyst asks the aerie-attack MCP server on port {mcp_port}"
+        )
 
         brain = system.spawn("brain", self.brain_args(tansu.bootstrap))
         edge = system.spawn("edge", ["edge", "run"], env=self.edge_env(tansu.bootstrap, trained.path))
@@ -839,17 +868,18 @@ class Demo:
         statuses = {edge.name: edge.wait(30)}
         brain.terminate()
         statuses[brain.name] = brain.wait(30)
-        for child in self.agents.values():
+        rest = [*self.agents.values(), *([self.mcp] if self.mcp is not None else [])]
+        for child in rest:
             child.terminate()
-        statuses |= {child.name: child.wait(30) for child in self.agents.values()}
+        statuses |= {child.name: child.wait(30) for child in rest}
         if self.system.tansu is not None:
             self.system.tansu.stop()
         stopped = edge.logged("edge stopped")
         left = stopped.get("left_in_spool", "?") if stopped is not None else "?"
         bad = {name: rc for name, rc in statuses.items() if rc != 0}
         self.say(
-            f"stopped: edge ({left} anomalies left in its spool), brain, {len(self.agents)} agents, Kafka; "
-            + (f"exit statuses {bad}" if bad else "every part exited 0")
+            f"stopped: edge ({left} anomalies left in its spool), brain, {len(self.agents)} agents, "
+            "the MCP server, Kafka; " + (f"exit statuses {bad}" if bad else "every part exited 0")
         )
         for child in self.system.children:
             if child.name in bad:
