@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from aerie.brain.audit import (
@@ -22,30 +20,13 @@ from aerie.brain.audit import (
     redact_url,
 )
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-@pytest.fixture(scope="module")
-def pg_database() -> Iterator[str]:
-    name = f"aerie_audit_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'audit.db'}"
-    base = request.getfixturevalue("pg_database")
-    schema = f"t_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    return f"{base}?options=-csearch_path%3D{schema}"
+    pg_schema: Callable[[], str] = request.getfixturevalue("pg_schema")
+    return pg_schema()
 
 
 @pytest.fixture

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
-import os
 import signal
 import statistics
 import subprocess
@@ -26,10 +24,11 @@ from typing import Any, TypeVar
 
 import httpx
 import msgspec
-import psycopg
 import pytest
-from confluent_kafka import Consumer, Message, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Message, Producer
+from falco_testkit import anomaly_of, pod_shell_event
+from kafka_testkit import create_topic, read_until
+from process_testkit import Proc, clean_env, json_lines, listening_agent, log_tail, spawn_agent, tls_of
 from prometheus_client.parser import text_string_to_metric_families
 
 from aerie.brain.agents.client import A2AAgentCaller
@@ -38,7 +37,6 @@ from aerie.brain.audit import AuditStore, IncidentRecord, StepRecord, TraceRecor
 from aerie.brain.certs import Pki
 from aerie.brain.consumer import DLQ_REASON, DLQ_TOPIC
 from aerie.brain.coordinator import incident_id_for
-from aerie.edge.tls import ClientTls
 from aerie.perf.tansu import Tansu, free_port
 from aerie.proto.agents import AGENTS, DetectRequest, Remediation
 from aerie.proto.envelope import (
@@ -48,11 +46,10 @@ from aerie.proto.envelope import (
     TraceContext,
     encode_anomaly,
 )
-from aerie.proto.event import FalcoEvent, Priority
+from aerie.proto.event import Priority
 
 T = TypeVar("T")
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 PARTITIONS = 4
 DEADLINE_S = 90.0
 """How long any one wait may take before the test fails (a slow, shared machine; normally seconds)."""
@@ -62,68 +59,6 @@ _numbers = itertools.count()
 
 
 # --- processes ---------------------------------------------------------------------------------
-
-
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("AERIE_")}
-
-
-def _json_lines(text: str) -> list[dict[str, Any]]:
-    out = []
-    for line in text.splitlines():
-        if line.startswith("{"):
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue  # a line still being written
-    return out
-
-
-def _log_lines(path: Path) -> list[dict[str, Any]]:
-    return _json_lines(path.read_text(errors="replace"))
-
-
-def _log_tail(path: Path, lines: int = 40) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-@dataclass
-class Agent:
-    name: str
-    proc: subprocess.Popen[str]
-    log: Path
-    url: str = ""
-    ops_port: int = 0
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        rc = self.proc.wait(timeout=30)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        return rc
-
-
-def spawn_agent(name: str, certs: Path, state: Path, log: Path, *, grace: int = 2) -> Agent:
-    args = [sys.executable, "-m", "aerie.brain", "agent", "run", name, "--certs", str(certs)]
-    args += ["--port", "0", "--ops-port", "0", "--state-dir", str(state), "--grace", str(grace)]
-    with log.open("a") as err:
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, text=True, env=_env())
-    return Agent(name=name, proc=proc, log=log)
-
-
-def listening(agent: Agent) -> Agent:
-    """Wait for the line the agent prints once it accepts connections; its ops port from its log."""
-    assert agent.proc.stdout is not None
-    line = agent.proc.stdout.readline()
-    prefix = f"aerie agent {agent.name} listening on "
-    if not line.startswith(prefix):
-        agent.stop()
-        pytest.fail(f"agent {agent.name} did not start: {line!r}\n{_log_tail(agent.log)}")
-    agent.url = line.removeprefix(prefix).strip()
-    (started,) = [e for e in _log_lines(agent.log) if e["msg"] == "agent listening" and e["url"] == agent.url]
-    agent.ops_port = int(started["ops_port"])
-    return agent
 
 
 @dataclass
@@ -144,7 +79,7 @@ class Brain:
             err.write(f"--- start {self.starts}\n")
         with self.log.open("a") as err:
             self.proc = subprocess.Popen(
-                self.args, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL, env=_env()
+                self.args, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL, env=clean_env()
             )
         deadline = time.monotonic() + DEADLINE_S
         while True:
@@ -154,12 +89,12 @@ class Brain:
                 self.ops_port = int(found[0]["ops_port"])
                 break
             self.check_alive()
-            assert time.monotonic() < deadline, f"brain did not start:\n{_log_tail(self.log)}"
+            assert time.monotonic() < deadline, f"brain did not start:\n{log_tail(self.log)}"
             time.sleep(0.05)
         # Assigned partitions: from here on, what is produced is consumed without a group join first.
         while not self.ready().get("assigned"):
             self.check_alive()
-            assert time.monotonic() < deadline, f"brain got no partitions:\n{_log_tail(self.log)}"
+            assert time.monotonic() < deadline, f"brain got no partitions:\n{log_tail(self.log)}"
             time.sleep(0.05)
         return self
 
@@ -168,12 +103,12 @@ class Brain:
 
     def this_run(self) -> list[dict[str, Any]]:
         """The JSON log lines of the current process."""
-        return _json_lines(self._text())
+        return json_lines(self._text())
 
     def check_alive(self) -> None:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            pytest.fail(f"brain exited with {self.proc.returncode}:\n{_log_tail(self.log)}")
+            pytest.fail(f"brain exited with {self.proc.returncode}:\n{log_tail(self.log)}")
 
     def ready(self) -> dict[str, Any]:
         answer = httpx.get(f"http://127.0.0.1:{self.ops_port}/readyz", timeout=5)
@@ -224,27 +159,6 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def pg_database() -> Iterator[str]:
-    """A PostgreSQL database for this module, dropped afterwards."""
-    name = f"aerie_e2e_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def new_store(base: str) -> str:
-    """A store URL of its own (a schema): one per brain deployment, audit and checkpoints together."""
-    schema = f"s_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    return f"{base}?options=-csearch_path%3D{schema}"
-
-
-@pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tansu]:
     tansu = Tansu(tmp_path_factory.mktemp("tansu"))
     tansu.start()
@@ -254,14 +168,6 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tansu]:
         tansu.stop()
 
 
-def new_topic(broker: Tansu, prefix: str) -> str:
-    topic = f"{prefix}.{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": broker.bootstrap, "log_level": 0})
-    for future in admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS)]).values():
-        future.result(20)
-    return topic
-
-
 @pytest.fixture(scope="module")
 def certs(pki: dict[str, Pki]) -> Path:
     return pki["brain"].ca.parent
@@ -269,7 +175,7 @@ def certs(pki: dict[str, Pki]) -> Path:
 
 @dataclass
 class Agents:
-    by_name: dict[str, Agent]
+    by_name: dict[str, Proc]
     state: Path
 
     def endpoints(self, **override: str) -> str:
@@ -281,9 +187,11 @@ class Agents:
 def agents(certs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agents]:
     """The five agents, each its own process, started together once for the module."""
     base = tmp_path_factory.mktemp("agents")
-    spawned = [spawn_agent(name, certs, base / "state", base / f"{name}.log") for name in AGENTS]
+    spawned = [
+        spawn_agent(name, certs, base / "state", base / f"{name}.log", grace=2, ops=True) for name in AGENTS
+    ]
     try:
-        yield Agents({a.name: listening(a) for a in spawned}, base / "state")
+        yield Agents({a.label: listening_agent(a) for a in spawned}, base / "state")
     finally:
         for agent in spawned:
             agent.stop()
@@ -350,23 +258,46 @@ class Deployment:
     store: str
 
 
+def deploy(broker: Tansu, topic_prefix: str, store: str, log: Path, **options: Any) -> Deployment:
+    """A brain of its own on a new topic, started; ``options``: `brain_args`'s."""
+    topic = create_topic(broker.bootstrap, topic_prefix, PARTITIONS)
+    args = brain_args(broker, topic=topic, store=store, **options)
+    return Deployment(Brain(args, log).start(), topic, store)
+
+
 @pytest.fixture(scope="module")
 def main_brain(
     broker: Tansu,
-    pg_database: str,
+    pg_schema: Callable[[], str],
     agents: Agents,
     certs: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Deployment]:
     """The brain most tests share: every agent up, its own topic and schema."""
-    topic = new_topic(broker, "aerie.anomalies.e2e")
-    store = new_store(pg_database)
-    args = brain_args(broker, topic=topic, store=store, certs=certs, agents=agents.endpoints())
-    brain = Brain(args, tmp_path_factory.mktemp("brain") / "brain.log").start()
+    log = tmp_path_factory.mktemp("brain") / "brain.log"
+    deployment = deploy(
+        broker, "aerie.anomalies.e2e", pg_schema(), log, certs=certs, agents=agents.endpoints()
+    )
     try:
-        yield Deployment(brain, topic, store)
+        yield deployment
     finally:
-        brain.stop()
+        deployment.brain.stop()
+
+
+OwnBrain = Callable[..., Deployment]
+"""``own_brain(topic_prefix, agents, **options)``: see the fixture."""
+
+
+@pytest.fixture
+def own_brain(pg_schema: Callable[[], str], broker: Tansu, certs: Path, tmp_path: Path) -> OwnBrain:
+    """Starts a brain of the test's own: on a new topic, its own schema, logging to tmp_path;
+    ``agents``: their endpoints; ``options``: further `brain_args`."""
+
+    def start(topic_prefix: str, agents: str, **options: Any) -> Deployment:
+        log = tmp_path / "brain.log"
+        return deploy(broker, topic_prefix, pg_schema(), log, certs=certs, agents=agents, **options)
+
+    return start
 
 
 @pytest.fixture
@@ -386,33 +317,13 @@ def make_anomaly(*, namespace: str = "shop", low: bool = False) -> Anomaly:
     """An anomaly the real agents decide on: a medium-severity shell in a pod (auto_execute:
     isolate the pod), ``low`` (auto_reject: no action), or in an always-escalate ``namespace``."""
     n = next(_numbers)
-    event = FalcoEvent(
+    event = pod_shell_event(
         time_ns=1_763_000_000_000_000_000 + n,
         priority=Priority.INFORMATIONAL if low else Priority.NOTICE,
-        rule="Terminal shell in container",
         output=f"A shell was spawned in a container with an attached terminal (run {RUN}, n={n})",
-        hostname="node-a",
-        tags=("container", "shell", "mitre_execution", "T1059"),
-        output_fields={
-            "k8s.ns.name": namespace,
-            "k8s.pod.name": f"cart-{n}",
-            "container.id": f"{RUN}{n:04d}",
-            "container.image.repository": "ghcr.io/acme/cart",
-            "proc.cmdline": "bash -i",
-        },
+        fields={"k8s.ns.name": namespace, "k8s.pod.name": f"cart-{n}", "container.id": f"{RUN}{n:04d}"},
     )
-    return Anomaly(
-        event_id=event.event_id,
-        traceparent=TraceContext.new().traceparent,
-        node="node-a",
-        model_version="m-e2e",
-        feature_spec_hash="f" * 16,
-        score=0.63 if low else 0.70,
-        threshold=0.62,
-        features=[0.5] * 17,
-        detected_at_ns=event.time_ns,
-        event=event,
-    )
+    return anomaly_of(event, model_version="m-e2e", score=0.63 if low else 0.70, threshold=0.62)
 
 
 Headers = list[tuple[str, bytes]]
@@ -459,26 +370,16 @@ def produce(kafka: Kafka, topic: str, records: Sequence[Record]) -> list[int]:
 
 def read_topic(broker: Tansu, topic: str, wanted: Callable[[Message], bool]) -> Message:
     """The first message of ``topic`` that ``wanted`` accepts, read in a new group from the start."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": broker.bootstrap,
-            "group.id": f"reader-{uuid.uuid4()}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "session.timeout.ms": 2000,
-            "heartbeat.interval.ms": 500,
-        }
-    )
-    try:
-        consumer.subscribe([topic])
-        deadline = time.monotonic() + DEADLINE_S
-        while time.monotonic() < deadline:
-            for message in consumer.consume(10, 0.2):
-                if message.error() is None and wanted(message):
-                    return message
-    finally:
-        consumer.close()
-    pytest.fail(f"no such message in {topic}")
+    found: list[Message] = []
+
+    def done(message: Message) -> bool:
+        if wanted(message):
+            found.append(message)
+        return bool(found)
+
+    if not read_until(broker.bootstrap, topic, done, within=DEADLINE_S):
+        pytest.fail(f"no such message in {topic}")
+    return found[0]
 
 
 # --- waiting on what the brain recorded --------------------------------------------------------
@@ -541,7 +442,7 @@ def aerie(*args: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=120,
-        env=_env(),
+        env=clean_env(),
         check=False,
     )
 
@@ -671,21 +572,14 @@ async def test_every_anomaly_reaches_a_verdict_with_its_kafka_trace_and_duplicat
 
 
 async def test_an_agent_that_is_down_escalates_the_incident_after_retries_with_the_reason(
-    kafka: Kafka, pg_database: str, agents: Agents, certs: Path, tmp_path: Path
+    kafka: Kafka, own_brain: OwnBrain, agents: Agents
 ) -> None:
     # The analyst has an address but nothing listens there: it is down.
     down = f"https://127.0.0.1:{free_port()}"
-    topic = new_topic(kafka.broker, "aerie.anomalies.down")
-    store = new_store(pg_database)
-    args = brain_args(
-        kafka.broker,
-        topic=topic,
-        store=store,
-        certs=certs,
-        agents=agents.endpoints(analyst=down),
-        agent_timeout=2,
+    deployment = await asyncio.to_thread(
+        own_brain, "aerie.anomalies.down", agents.endpoints(analyst=down), agent_timeout=2
     )
-    brain = await asyncio.to_thread(Brain(args, tmp_path / "brain.log").start)
+    brain, topic, store = deployment.brain, deployment.topic, deployment.store
     audit = await AuditStore.open(store, create=False)
     try:
         anomalies = [make_anomaly() for _ in range(2)]
@@ -725,23 +619,17 @@ async def test_an_agent_that_is_down_escalates_the_incident_after_retries_with_t
 
 
 async def test_a_brain_killed_mid_incident_resumes_every_incident_and_acts_once(
-    kafka: Kafka, pg_database: str, agents: Agents, certs: Path, tmp_path: Path
+    kafka: Kafka, own_brain: OwnBrain, agents: Agents, certs: Path, tmp_path: Path
 ) -> None:
     # A remediate agent of its own, frozen: incidents reach `execute` and wait there.
-    remediate = listening(spawn_agent("remediate", certs, tmp_path / "state", tmp_path / "remediate.log"))
+    state, log = tmp_path / "state", tmp_path / "remediate.log"
+    remediate = listening_agent(spawn_agent("remediate", certs, state, log, grace=2, ops=True))
     remediate.proc.send_signal(signal.SIGSTOP)
-    topic = new_topic(kafka.broker, "aerie.anomalies.kill")
-    store = new_store(pg_database)
-    args = brain_args(
-        kafka.broker,
-        topic=topic,
-        store=store,
-        certs=certs,
-        agents=agents.endpoints(remediate=remediate.url),
-        concurrency=4,
-        agent_timeout=60,
+    endpoints = agents.endpoints(remediate=remediate.url)
+    deployment = await asyncio.to_thread(
+        own_brain, "aerie.anomalies.kill", endpoints, concurrency=4, agent_timeout=60
     )
-    brain = await asyncio.to_thread(Brain(args, tmp_path / "brain.log").start)
+    brain, topic, store = deployment.brain, deployment.topic, deployment.store
     audit = await AuditStore.open(store, create=False)
     try:
         anomalies = [make_anomaly() for _ in range(12)]
@@ -882,10 +770,10 @@ async def test_an_agent_serves_its_metrics_and_stops_promptly_with_idle_callers(
     certs: Path, pki: dict[str, Pki], tmp_path: Path
 ) -> None:
     # A long grace: only requests in flight may use it; an idle pooled connection must not hold the stop.
-    agent = listening(spawn_agent("detect", certs, tmp_path / "state", tmp_path / "detect.log", grace=60))
-    brain_tls = ClientTls(ca=str(pki["brain"].ca), cert=str(pki["brain"].cert), key=str(pki["brain"].key))
+    state, log = tmp_path / "state", tmp_path / "detect.log"
+    agent = listening_agent(spawn_agent("detect", certs, state, log, grace=60, ops=True))
     try:
-        async with A2AAgentCaller({"detect": agent.url}, tls=brain_tls) as caller:
+        async with A2AAgentCaller({"detect": agent.url}, tls=tls_of(pki["brain"])) as caller:
             anomaly = msgspec.to_builtins(make_anomaly())
             reply = await caller.call(
                 "detect",

@@ -17,6 +17,8 @@ from typing import Protocol
 import msgspec
 import pytest
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from falco_testkit import shell_anomaly
+from kafka_testkit import read_messages
 
 from aerie.brain.consumer import (
     DLQ_DETAIL,
@@ -31,7 +33,6 @@ from aerie.brain.consumer import (
 )
 from aerie.brain.metrics import BrainMetrics
 from aerie.proto.envelope import HEADER_SCHEMA, HEADER_TRACEPARENT, Anomaly, TraceContext, encode_anomaly
-from aerie.proto.event import FalcoEvent, Priority
 
 
 class Tansu(Protocol):
@@ -44,26 +45,7 @@ PARTITIONS = 4  # what Tansu gives an auto-created topic
 
 
 def anomaly(i: int, *, container: str | None = None, traceparent: str | None = None) -> Anomaly:
-    event = FalcoEvent(
-        time_ns=1_700_000_000_000_000_000 + i,
-        priority=Priority.WARNING,
-        rule="Terminal shell in container",
-        output=f"A shell was spawned in a container with an attached terminal (n={i})",
-        hostname="node-a",
-        output_fields={"container.id": container or f"c{i % 5}", "proc.name": "bash"},
-    )
-    return Anomaly(
-        event_id=event.event_id,
-        traceparent=traceparent or TraceContext.new().traceparent,
-        node="node-a",
-        model_version="test-1",
-        feature_spec_hash="f" * 16,
-        score=0.9,
-        threshold=0.5,
-        features=[i / 10.0] * 17,
-        detected_at_ns=1_700_000_000_000_000_000 + i,
-        event=event,
-    )
+    return shell_anomaly(i, container=container or f"c{i % 5}", fields={}, traceparent=traceparent)
 
 
 Headers = list[tuple[str, bytes | str | None]]
@@ -79,30 +61,6 @@ def produce(bootstrap: str, records: list[Record], topic: str = TOPIC) -> None:
     for value, key, headers in records:
         producer.produce(topic, value, key, headers=headers)
     assert producer.flush(20) == 0
-
-
-def read_topic(bootstrap: str, topic: str, count: int, timeout: float = 20.0) -> list[Message]:
-    """The first ``count`` messages of ``topic``, read in a new group from the earliest offset."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"reader-{uuid.uuid4()}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "session.timeout.ms": 2000,
-            "heartbeat.interval.ms": 500,
-        }
-    )
-    got: list[Message] = []
-    try:
-        consumer.subscribe([topic])
-        deadline = time.monotonic() + timeout
-        while len(got) < count:
-            assert time.monotonic() < deadline, f"read {len(got)} of {count} messages from {topic}"
-            got += [m for m in consumer.consume(count - len(got), 0.2) if m.error() is None]
-    finally:
-        consumer.close()
-    return got
 
 
 def committed(bootstrap: str, group: str) -> dict[int, int]:
@@ -300,7 +258,7 @@ async def test_undecodable_messages_are_dead_lettered_and_the_partition_moves_on
     await admit.until(lambda: len(admit.answered()) == 3)
     assert [c.anomaly for c in admit.calls] == good
 
-    dead = await asyncio.to_thread(read_topic, tansu.bootstrap, DLQ, 5)
+    dead = await asyncio.to_thread(read_messages, tansu.bootstrap, DLQ, 5, within=20)
     await running.stop()
 
     by_reason = {header(m, DLQ_REASON): m for m in dead}

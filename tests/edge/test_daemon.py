@@ -25,7 +25,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,7 +36,9 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 import pytest
-from confluent_kafka import Consumer
+from confluent_kafka import Message
+from kafka_testkit import read_anomalies
+from process_testkit import clean_env
 from prometheus_client.parser import text_string_to_metric_families
 
 from aerie.brain.cli import main
@@ -148,7 +149,7 @@ class Metrics:
 
 def settings_env(**settings: object) -> dict[str, str]:
     """This process's environment without ``AERIE_*``, plus ``AERIE_EDGE_<KEY>`` for each setting."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AERIE_")}
+    env = clean_env()
     for key, value in settings.items():
         text = str(value).lower() if isinstance(value, bool) else str(value)
         env[f"AERIE_EDGE_{key.upper()}"] = text
@@ -321,37 +322,17 @@ class Received:
     anomaly: Anomaly
 
 
-def consume(bootstrap: str, want: set[str], within: float = 30.0) -> dict[str, list[Received]]:
-    """Read the topic from the earliest offset in a new group until every id in ``want`` was seen;
-    every copy by event id (delivery is at least once)."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"test-{uuid.uuid4()}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "session.timeout.ms": 2000,
-            "heartbeat.interval.ms": 500,
-        }
-    )
-    seen: dict[str, list[Received]] = {}
-    try:
-        consumer.subscribe([TOPIC])
-        deadline = time.monotonic() + within
-        while not want <= seen.keys():
-            assert time.monotonic() < deadline, f"missing {len(want - seen.keys())} of {len(want)} anomalies"
-            for message in consumer.consume(500, 0.2):
-                value = message.value()
-                if message.error() is not None or not isinstance(value, bytes):
-                    continue
-                anomaly = decode_anomaly(value)
-                raw = message.headers() or []
-                pairs = raw.items() if isinstance(raw, dict) else raw
-                headers = {name: data for name, data in pairs if isinstance(data, bytes)}
-                seen.setdefault(anomaly.event_id, []).append(Received(message.key(), headers, anomaly))
-    finally:
-        consumer.close()
-    return seen
+def consume(bootstrap: str, want: set[str]) -> dict[str, list[Received]]:
+    """Every copy by event id until each id in ``want`` was seen (delivery is at least once)."""
+    seen = read_anomalies(bootstrap, TOPIC, want)
+    return {event_id: [received(m) for m in copies] for event_id, copies in seen.items()}
+
+
+def received(message: Message) -> Received:
+    raw = message.headers() or []
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    headers = {name: data for name, data in pairs if isinstance(data, bytes)}
+    return Received(message.key(), headers, decode_anomaly(message.value() or b""))
 
 
 def spooled(directory: Path) -> list[Anomaly]:

@@ -10,44 +10,22 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer
+from falco_testkit import shell_anomaly
+from kafka_testkit import read_anomalies
 
 from aerie.edge.forwarder import Forwarder
 from aerie.edge.kafka import KafkaConfig
 from aerie.edge.spool import Spool, SpoolRecord
 from aerie.perf.tansu import Tansu
-from aerie.proto.envelope import Anomaly, TraceContext, decode_anomaly, encode_anomaly
-from aerie.proto.event import FalcoEvent, Priority
+from aerie.proto.envelope import Anomaly, encode_anomaly
 
 TOPIC = "aerie.anomalies.forwarder-test"
-
-
-def anomaly(i: int, run: str = "t") -> Anomaly:
-    event = FalcoEvent(
-        time_ns=1_700_000_000_000_000_000 + i,
-        priority=Priority.WARNING,
-        rule="Terminal shell in container",
-        output=f"A shell was spawned in a container with an attached terminal (run={run} n={i})",
-        hostname="node-a",
-        output_fields={"container.id": f"c{i % 3}", "proc.name": "bash", "user.name": "root"},
-    )
-    return Anomaly(
-        event_id=event.event_id,
-        traceparent=TraceContext.new().traceparent,
-        node="node-a",
-        model_version="test-1",
-        feature_spec_hash="f" * 16,
-        score=0.9,
-        threshold=0.5,
-        features=[i / 10.0] * 17,
-        detected_at_ns=1_700_000_000_000_000_000 + i,
-        event=event,
-    )
+TESTS = str(Path(__file__).parents[1])
+"""Where the shared test helpers are, for the child process, which pytest does not start."""
 
 
 def spooled(a: Anomaly) -> SpoolRecord:
@@ -73,36 +51,13 @@ def config(bootstrap: str, **overrides: object) -> KafkaConfig:
     return KafkaConfig(**(settings | overrides))  # type: ignore[arg-type]
 
 
-def consume(bootstrap: str, want: set[str], timeout: float = 30.0) -> dict[str, list[tuple[int, int]]]:
-    """Read the topic from the earliest offset in a new group until every id in ``want`` was seen.
-
-    Returns (partition, offset) of every copy by event id: at least once allows duplicates.
-    """
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"test-{uuid.uuid4()}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "session.timeout.ms": 2000,
-            "heartbeat.interval.ms": 500,
-        }
-    )
-    seen: dict[str, list[tuple[int, int]]] = {}
-    try:
-        consumer.subscribe([TOPIC])
-        deadline = time.monotonic() + timeout
-        while not want <= seen.keys():
-            assert time.monotonic() < deadline, f"missing {len(want - seen.keys())} of {len(want)} records"
-            for message in consumer.consume(500, 0.2):
-                value = message.value()
-                if message.error() is not None or not isinstance(value, bytes):
-                    continue
-                copies = seen.setdefault(decode_anomaly(value).event_id, [])
-                copies.append((message.partition() or 0, message.offset() or 0))
-    finally:
-        consumer.close()
-    return seen
+def consume(bootstrap: str, want: set[str]) -> dict[str, list[tuple[int, int]]]:
+    """(partition, offset) of every copy by event id, until each id in ``want`` was seen: at least
+    once allows duplicates."""
+    seen = read_anomalies(bootstrap, TOPIC, want)
+    return {
+        event_id: [(m.partition() or 0, m.offset() or 0) for m in copies] for event_id, copies in seen.items()
+    }
 
 
 async def wait_until(condition: Callable[[], bool], what: str, within: float = 20.0) -> None:
@@ -126,7 +81,7 @@ async def test_records_spooled_while_the_broker_is_down_wait_then_arrive_in_orde
     caplog.set_level(logging.INFO, logger="aerie.edge.forwarder")
     tansu.stop()
     spool = Spool(tmp_path / "spool")
-    anomalies = [anomaly(i) for i in range(300)]
+    anomalies = [shell_anomaly(i) for i in range(300)]
     seqs = append(spool, anomalies)
     forwarder = Forwarder(spool, config(tansu.bootstrap), max_in_flight=100, read_batch=40)
     task = asyncio.create_task(forwarder.run())
@@ -178,7 +133,7 @@ async def test_broker_killed_with_records_in_flight_everything_unconfirmed_arriv
         """Append n records in small batches, waking the forwarder after each, as the pipeline does."""
         out: dict[str, int] = {}
         for _ in range(n // 50):
-            out |= await asyncio.to_thread(append, spool, [anomaly(next(counter)) for _ in range(50)])
+            out |= await asyncio.to_thread(append, spool, [shell_anomaly(next(counter)) for _ in range(50)])
             forwarder.wake()
         return out
 
@@ -221,7 +176,7 @@ async def test_stop_with_the_broker_down_leaves_records_in_the_spool_for_the_nex
     tansu.stop()
     directory = tmp_path / "spool"
     spool = Spool(directory)
-    anomalies = [anomaly(i) for i in range(100)]
+    anomalies = [shell_anomaly(i) for i in range(100)]
     seqs = append(spool, anomalies)
     forwarder = Forwarder(spool, config(tansu.bootstrap))
     task = asyncio.create_task(forwarder.run())
@@ -255,7 +210,7 @@ async def test_timed_out_and_refused_records_are_resent_until_delivered(tansu: T
     broker returns, and nothing is acked before it confirms."""
     tansu.stop()
     spool = Spool(tmp_path / "spool")
-    seqs = append(spool, [anomaly(i) for i in range(150)])
+    seqs = append(spool, [shell_anomaly(i) for i in range(150)])
     cfg = config(tansu.bootstrap, message_timeout_ms=300, queue_max_messages=40)
     forwarder = Forwarder(spool, cfg, max_in_flight=100, retry_backoff_s=0.1, retry_backoff_max_s=0.2)
     task = asyncio.create_task(forwarder.run())
@@ -283,9 +238,9 @@ async def test_a_record_that_can_never_be_produced_is_dropped_counted_and_passed
     tansu: Tansu, tmp_path: Path
 ) -> None:
     spool = Spool(tmp_path / "spool")
-    before = append(spool, [anomaly(i) for i in range(10)])
+    before = append(spool, [shell_anomaly(i) for i in range(10)])
     (poison,) = spool.append_many([SpoolRecord(value=b"x" * 5000, key=b"k")])
-    after = append(spool, [anomaly(i) for i in range(10, 20)])
+    after = append(spool, [shell_anomaly(i) for i in range(10, 20)])
     cfg = config(tansu.bootstrap, librdkafka={"message.max.bytes": "2000"})
     forwarder = Forwarder(spool, cfg)
     task = asyncio.create_task(forwarder.run())
@@ -314,6 +269,7 @@ async def test_sigkill_mid_stream_loses_nothing_that_was_spooled(tansu: Tansu, t
             str(journal),
             stdout=out,
             stderr=subprocess.STDOUT,
+            env=os.environ | {"PYTHONPATH": TESTS},
         )
     try:
 
@@ -357,7 +313,7 @@ async def _child(directory: str, bootstrap: str, journal: str) -> None:
     fd = os.open(journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     i = 0
     while not task.done():
-        batch = [anomaly(i + k, run="child") for k in range(50)]
+        batch = [shell_anomaly(i + k, run="child") for k in range(50)]
         seqs = await asyncio.to_thread(append, spool, batch)
         os.write(fd, "".join(f"{seq} {event_id}\n" for event_id, seq in seqs.items()).encode())
         os.fsync(fd)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 import msgspec
 import pytest
-from confluent_kafka import Consumer
+from falco_testkit import shell_anomaly
+from kafka_testkit import read_anomalies
 
 from aerie.edge.kafka import (
     KafkaConfig,
@@ -22,15 +22,7 @@ from aerie.edge.kafka import (
     PublisherClosed,
     RecordRejected,
 )
-from aerie.proto.envelope import (
-    HEADER_SCHEMA,
-    HEADER_TRACEPARENT,
-    Anomaly,
-    TraceContext,
-    decode_anomaly,
-    encode_anomaly,
-)
-from aerie.proto.event import FalcoEvent, Priority
+from aerie.proto.envelope import HEADER_SCHEMA, HEADER_TRACEPARENT, Anomaly, decode_anomaly, encode_anomaly
 
 
 class Tansu(Protocol):
@@ -43,29 +35,6 @@ class Tansu(Protocol):
 
 
 TOPIC = "aerie.anomalies.test"
-
-
-def anomaly(i: int, node: str = "node-a") -> Anomaly:
-    event = FalcoEvent(
-        time_ns=1_700_000_000_000_000_000 + i,
-        priority=Priority.WARNING,
-        rule="Terminal shell in container",
-        output=f"A shell was spawned in a container with an attached terminal (n={i})",
-        hostname=node,
-        output_fields={"container.id": f"c{i % 3}", "proc.name": "bash", "user.name": "root"},
-    )
-    return Anomaly(
-        event_id=event.event_id,
-        traceparent=TraceContext.new().traceparent,
-        node=node,
-        model_version="test-1",
-        feature_spec_hash="f" * 16,
-        score=0.9,
-        threshold=0.5,
-        features=[i / 10.0] * 17,
-        detected_at_ns=1_700_000_000_000_000_000 + i,
-        event=event,
-    )
 
 
 def publish_all(publisher: KafkaPublisher, anomalies: Iterable[Anomaly]) -> None:
@@ -93,44 +62,22 @@ class Received:
     offset: int
 
 
-def consume(bootstrap: str, want: set[str], timeout: float = 30.0) -> dict[str, list[Received]]:
-    """Read the topic from the earliest offset in a new group until every event id in ``want`` was seen.
-
-    Returns every message by event id (a list: duplicates are kept, at-least-once allows them).
-    """
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"test-{uuid.uuid4()}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "session.timeout.ms": 2000,
-            "heartbeat.interval.ms": 500,
-        }
-    )
-    seen: dict[str, list[Received]] = {}
-    try:
-        consumer.subscribe([TOPIC])
-        deadline = time.monotonic() + timeout
-        while not want <= seen.keys():
-            assert time.monotonic() < deadline, f"missing {len(want - seen.keys())} of {len(want)} records"
-            message = consumer.poll(0.2)
-            if message is None or message.error() is not None:
-                continue
-            value = message.value()
-            assert isinstance(value, bytes)
-            seen.setdefault(decode_anomaly(value).event_id, []).append(
-                Received(
-                    key=message.key(),  # type: ignore[arg-type]
-                    headers=list(message.headers() or []),  # type: ignore[arg-type]
-                    value=value,
-                    partition=message.partition() or 0,
-                    offset=message.offset() or 0,
-                )
+def consume(bootstrap: str, want: set[str]) -> dict[str, list[Received]]:
+    """Every message of the topic by event id, until each in ``want`` was seen (a list: duplicates are
+    kept, at-least-once allows them)."""
+    return {
+        event_id: [
+            Received(
+                key=m.key(),
+                headers=list(m.headers() or []),  # type: ignore[arg-type]
+                value=m.value() or b"",
+                partition=m.partition() or 0,
+                offset=m.offset() or 0,
             )
-    finally:
-        consumer.close()
-    return seen
+            for m in copies
+        ]
+        for event_id, copies in read_anomalies(bootstrap, TOPIC, want).items()
+    }
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
@@ -157,7 +104,7 @@ class Failed:
 
 
 def test_records_arrive_with_keys_headers_and_values_intact(tansu: Tansu) -> None:
-    anomalies = [anomaly(i) for i in range(300)]
+    anomalies = [shell_anomaly(i) for i in range(300)]
     failed = Failed()
     with KafkaPublisher(config(tansu), on_failed=failed) as publisher:
         publish_all(publisher, anomalies)
@@ -189,7 +136,7 @@ def test_records_arrive_with_keys_headers_and_values_intact(tansu: Tansu) -> Non
 
 def test_broker_down_before_publish_records_are_held_and_delivered_when_it_returns(tansu: Tansu) -> None:
     tansu.stop()
-    anomalies = [anomaly(i) for i in range(50)]
+    anomalies = [shell_anomaly(i) for i in range(50)]
     failed = Failed()
     with KafkaPublisher(config(tansu, message_timeout_ms=60_000), on_failed=failed) as publisher:
         publish_all(publisher, anomalies)
@@ -209,7 +156,7 @@ def test_broker_down_before_publish_records_are_held_and_delivered_when_it_retur
 
 def test_broker_down_past_message_timeout_hands_records_to_on_failed(tansu: Tansu) -> None:
     tansu.stop()
-    anomalies = [anomaly(i) for i in range(20)]
+    anomalies = [shell_anomaly(i) for i in range(20)]
     failed = Failed()
     with KafkaPublisher(config(tansu, message_timeout_ms=1_000), on_failed=failed) as publisher:
         publish_all(publisher, anomalies)
@@ -247,8 +194,8 @@ def test_broker_restart_mid_stream_every_record_arrives_at_least_once(tansu: Tan
     the whole stream. What a memory-only broker loses on its own (records acknowledged and not yet
     read when it stops) is not the publisher's to recover, and the test does not pretend it is.
     """
-    phase_a = [anomaly(i) for i in range(100)]
-    phase_b = [anomaly(i) for i in range(100, 200)]
+    phase_a = [shell_anomaly(i) for i in range(100)]
+    phase_b = [shell_anomaly(i) for i in range(100, 200)]
     failed = Failed()
     with KafkaPublisher(config(tansu, message_timeout_ms=60_000), on_failed=failed) as publisher:
         publish_all(publisher, phase_a)
@@ -279,7 +226,7 @@ def test_broker_restart_mid_stream_every_record_arrives_at_least_once(tansu: Tan
 
 
 def test_each_outcome_carries_the_token_the_record_was_published_with(tansu: Tansu) -> None:
-    anomalies = [anomaly(i) for i in range(25)]
+    anomalies = [shell_anomaly(i) for i in range(25)]
     delivered: list[object] = []
     failed = Failed()
     with KafkaPublisher(config(tansu), on_failed=failed, on_delivered=delivered.append) as publisher:
@@ -300,7 +247,7 @@ def test_each_outcome_carries_the_token_the_record_was_published_with(tansu: Tan
 
 def test_full_local_queue_raises_backpressure_and_close_hands_back_the_rest(tansu: Tansu) -> None:
     tansu.stop()  # nothing drains the queue
-    anomalies = [anomaly(i) for i in range(15)]
+    anomalies = [shell_anomaly(i) for i in range(15)]
     failed = Failed()
     publisher = KafkaPublisher(config(tansu, queue_max_messages=10), on_failed=failed)
     publisher.start()

@@ -89,6 +89,14 @@ class Events:
         return ModelWatcher(directory, on_swap=self.on_swap, on_refused=self.on_refused, **kwargs)
 
 
+def serving_v1(directory: Path, v1: TrainResult, **kwargs: Any) -> tuple[Events, ModelWatcher, LoadedModel]:
+    """A watcher on ``directory`` serving ``v1`` (bundle ``a``, the only one), with its events."""
+    put(directory / "a", v1, DAY1)
+    events = Events()
+    watcher = events.watcher(directory, **kwargs)
+    return events, watcher, watcher.load_initial()
+
+
 def refusal_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.name == LOGGER and "refused" in r.getMessage()]
 
@@ -135,10 +143,7 @@ def test_nothing_valid_is_an_error_naming_the_reasons(tmp_path: Path, v1: TrainR
 async def test_a_new_subdirectory_is_swapped_in_while_running(
     tmp_path: Path, v1: TrainResult, v2: TrainResult
 ) -> None:
-    put(tmp_path / "a", v1, DAY1)
-    events = Events()
-    watcher = events.watcher(tmp_path, poll_s=0.02)
-    first = watcher.load_initial()
+    events, watcher, first = serving_v1(tmp_path, v1, poll_s=0.02)
     task = asyncio.create_task(watcher.run())
     try:
         put(tmp_path / "b", v2, DAY2)
@@ -202,10 +207,7 @@ async def test_a_configmap_symlink_flip_swaps_the_bundle(
 async def test_a_tampered_bundle_is_refused_once_and_the_old_model_keeps_serving(
     tmp_path: Path, v1: TrainResult, v2: TrainResult, caplog: pytest.LogCaptureFixture
 ) -> None:
-    put(tmp_path / "a", v1, DAY1)
-    events = Events()
-    watcher = events.watcher(tmp_path)
-    first = watcher.load_initial()
+    events, watcher, first = serving_v1(tmp_path, v1)
     good = put(tmp_path / ".good", v2, DAY2)
     bad = tmp_path / "b"
     shutil.copytree(good, bad)
@@ -234,10 +236,7 @@ async def test_a_tampered_bundle_is_refused_once_and_the_old_model_keeps_serving
 async def test_a_bundle_for_another_feature_spec_is_refused(
     tmp_path: Path, v1: TrainResult, v2: TrainResult, caplog: pytest.LogCaptureFixture
 ) -> None:
-    put(tmp_path / "a", v1, DAY1)
-    events = Events()
-    watcher = events.watcher(tmp_path)
-    first = watcher.load_initial()
+    events, watcher, first = serving_v1(tmp_path, v1)
     other = put(tmp_path / "b", v2, DAY2, feature_spec_hash="0" * 64)
     assert not await watcher.poll()
     assert not await watcher.poll()
@@ -251,10 +250,7 @@ async def test_a_bundle_for_another_feature_spec_is_refused(
 async def test_unreadable_and_half_written_bundles_are_refused_until_complete(
     tmp_path: Path, v1: TrainResult, v2: TrainResult, caplog: pytest.LogCaptureFixture
 ) -> None:
-    put(tmp_path / "a", v1, DAY1)
-    events = Events()
-    watcher = events.watcher(tmp_path)
-    first = watcher.load_initial()
+    events, watcher, first = serving_v1(tmp_path, v1)
     (tmp_path / "garbled").mkdir()
     (tmp_path / "garbled" / MANIFEST_FILE).write_text('{"format": 1, "model_version": ')
     # Copied file by file (not with write_bundle): the manifest arrived first.

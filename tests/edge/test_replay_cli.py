@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 import sys
@@ -14,38 +13,18 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from falco_testkit import varied_events
+from process_testkit import clean_env
 
 from aerie.brain.certs import Pki
 from aerie.edge.inputs import FalcoInput, GrpcInput, HttpInput
 from aerie.edge.inputs.grpc import GrpcInputConfig
 from aerie.edge.tls import ClientTls, ServerTls
-from aerie.proto.event import FalcoEvent, Priority
+from aerie.proto.event import FalcoEvent
 from aerie.proto.grpc_codec import decode_response, encode_response
 
 DEADLINE_S = 60.0  # generous: the machine is shared; every wait below ends as soon as it can
 BAD_LINES = b'{not json\n{"rule": "no time"}\n\n'
-
-
-def make_events(n: int) -> list[FalcoEvent]:
-    return [
-        FalcoEvent(
-            time_ns=1_714_564_800_000_000_000 + i * 1_000_003,
-            priority=Priority(i % 8),
-            rule=f"rule {i % 5}",
-            output=f"event {i} — ünïcode ✓",
-            source="syscall" if i % 3 else "k8s_audit",
-            hostname=f"node-{i % 2}",
-            tags=tuple(f"t{j}" for j in range(i % 4)),
-            output_fields={
-                "proc.pid": i,
-                "proc.name": f"p{i}",
-                "evt.ratio": i / 7,
-                "fd.name": None,
-                "container.privileged": bool(i % 2),
-            },
-        )
-        for i in range(n)
-    ]
 
 
 def fast(address: str, tls: ClientTls | None = None) -> GrpcInputConfig:
@@ -88,13 +67,8 @@ AERIE = (
 
 async def aerie(*args: str) -> asyncio.subprocess.Process:
     """``aerie ARGS`` as a subprocess, with no AERIE_ variables inherited from the test's environment."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AERIE_")}
     return await asyncio.create_subprocess_exec(
-        *AERIE,
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
+        *AERIE, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=clean_env()
     )
 
 
@@ -138,7 +112,7 @@ async def take(source: FalcoInput, n: int) -> tuple[list[FalcoEvent], float]:
 
 
 async def test_grpc_on_a_unix_socket_delivers_every_event(tmp_path: Path, short_dir: Path) -> None:
-    events = make_events(80)
+    events = varied_events(80)
     path = write_events(tmp_path / "events.jsonl", events, bad_lines=BAD_LINES)
     sock = f"unix://{short_dir}/falco.sock"
     proc = await aerie("falco", "replay", "--events", str(path), "--grpc", sock, "--rate", "400")
@@ -162,7 +136,7 @@ async def test_http_output_over_mtls_and_grpc_over_tcp_mtls_at_once(
     tmp_path: Path, pki: dict[str, Pki]
 ) -> None:
     """Both outputs at once, as Falco sends every alert to each output it has enabled."""
-    events = make_events(60)
+    events = varied_events(60)
     path = write_events(tmp_path / "events.jsonl", events)
     edge, falco = pki["edge"], pki["falco"]
     receiver = HttpInput(
@@ -218,7 +192,7 @@ BAD_OPTIONS = [
 
 
 async def test_bad_options_exit_non_zero_with_a_clear_message(tmp_path: Path, pki: dict[str, Pki]) -> None:
-    path = write_events(tmp_path / "events.jsonl", make_events(3))
+    path = write_events(tmp_path / "events.jsonl", varied_events(3))
     files = {"CERT": str(pki["falco"].cert), "KEY": str(pki["falco"].key), "CA": str(pki["falco"].ca)}
     files["MISSING"] = str(tmp_path / "missing.crt")
     runs = []
@@ -239,7 +213,7 @@ async def test_bad_options_exit_non_zero_with_a_clear_message(tmp_path: Path, pk
 
 
 async def test_linger_and_interrupt_stop_with_counts(tmp_path: Path, short_dir: Path) -> None:
-    path = write_events(tmp_path / "events.jsonl", make_events(5))
+    path = write_events(tmp_path / "events.jsonl", varied_events(5))
     lingering = await aerie(
         "falco", "replay", "--events", str(path), "--grpc", f"unix://{short_dir}/a.sock", "--linger", "0.5"
     )

@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from falco_testkit import varied_events
 
 from aerie.brain.certs import Pki
 from aerie.edge.inputs.http import HttpInput
@@ -17,32 +18,12 @@ from aerie.edge.inputs.jsonlines import JsonLinesInput
 from aerie.edge.replay import ReplayError
 from aerie.edge.replay_http import FALCO_USER_AGENT, post_events
 from aerie.edge.tls import ClientTls, ServerTls
-from aerie.proto.event import FalcoEvent, Priority
+from aerie.proto.event import FalcoEvent
 
 
 def events(n: int) -> list[FalcoEvent]:
-    """Varied events: every priority, typed fields, tags, a uuid on some (Falcosidekick)."""
-    return [
-        FalcoEvent(
-            time_ns=1_714_564_800_000_000_000 + i * 1_000_003,
-            priority=Priority(i % 8),
-            rule=f"rule {i % 5}",
-            output=f"event {i} — ünïcode ✓",
-            source="syscall" if i % 3 else "k8s_audit",
-            hostname=f"node-{i % 2}",
-            tags=tuple(f"t{j}" for j in range(i % 4)),
-            output_fields={
-                "proc.pid": i,
-                "proc.name": f"p{i}",
-                "evt.ratio": i / 7,
-                "fd.name": None,
-                "container.privileged": bool(i % 2),
-                "proc.aname": ["a", None, 3],
-            },
-            uuid=f"uuid-{i}" if i % 4 == 0 else "",
-        )
-        for i in range(n)
-    ]
+    """Varied events, with what only JSON carries: a list value, a uuid on some (Falcosidekick)."""
+    return varied_events(n, json_only=True)
 
 
 async def collect(inp: HttpInput, n: int) -> list[FalcoEvent]:

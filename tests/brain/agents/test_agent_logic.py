@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from falco_testkit import SHELL_RULE, SHELL_TAGS, agent_input, pod_shell_event
 
 from aerie.brain.agent_cli import main as agent_main
 from aerie.brain.agents.logic import (
@@ -37,50 +38,21 @@ from aerie.proto.agents import (
     Review,
     ReviewRequest,
 )
-from aerie.proto.envelope import Anomaly, TraceContext
-from aerie.proto.event import FalcoEvent, Priority
+from aerie.proto.event import Priority
 
 
 def anomaly(
     *,
-    rule: str = "Terminal shell in container",
+    rule: str = SHELL_RULE,
     priority: Priority = Priority.NOTICE,
     score: float = 0.70,
     threshold: float = 0.62,
-    tags: tuple[str, ...] = ("container", "shell", "mitre_execution", "T1059"),
+    tags: tuple[str, ...] = SHELL_TAGS,
     fields: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A real `Anomaly` envelope as the coordinator hands it over: plain data."""
-    output_fields: dict[str, Any] = {
-        "k8s.ns.name": "shop",
-        "k8s.pod.name": "cart-7d9f",
-        "container.id": "3f2a9c1b7e4d",
-        "container.image.repository": "ghcr.io/acme/cart",
-        "proc.cmdline": "bash -i",
-    }
-    output_fields.update(fields or {})
-    event = FalcoEvent(
-        time_ns=1_700_000_000_000_000_000,
-        priority=priority,
-        rule=rule,
-        output="A shell was spawned",
-        hostname="node-a",
-        tags=tags,
-        output_fields=output_fields,
-    )
-    envelope = Anomaly(
-        event_id=event.event_id,
-        traceparent=TraceContext.new().traceparent,
-        node="node-a",
-        model_version="m1",
-        feature_spec_hash="h",
-        score=score,
-        threshold=threshold,
-        features=[0.0] * 17,
-        detected_at_ns=1,
-        event=event,
-    )
-    return msgspec.to_builtins(envelope)
+    event = pod_shell_event(rule=rule, priority=priority, tags=tags, fields=fields)
+    return agent_input(event, score=score, threshold=threshold)
 
 
 async def detect(data: dict[str, Any]) -> Detection:

@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 import msgspec
+from falco_testkit import T0_NS, anomaly_of, pod_shell_event
 
 from aerie.proto.agents import (
     Action,
@@ -21,7 +22,7 @@ from aerie.proto.agents import (
     Review,
 )
 from aerie.proto.envelope import Anomaly, TraceContext
-from aerie.proto.event import FalcoEvent, Priority
+from aerie.proto.event import Priority
 
 
 class InProcessAgents:
@@ -124,29 +125,13 @@ class InProcessAgents:
 
 
 def make_anomaly(n: int = 0, *, trace: TraceContext | None = None) -> Anomaly:
-    trace = trace or TraceContext.new()
-    event = FalcoEvent(
-        time_ns=1_700_000_000_000_000_000 + n,
+    event = pod_shell_event(
+        time_ns=T0_NS + n,
         priority=Priority.WARNING,
-        rule="Terminal shell in container",
         output=f"A shell was spawned in a container (n={n})",
         hostname="worker-1",
-        output_fields={
-            "container.id": "abc123",
-            "k8s.ns.name": "shop",
-            "k8s.pod.name": "web-1",
-            "proc.cmdline": "bash -i",
-        },
+        tags=(),
+        fields={"container.id": "abc123", "k8s.pod.name": "web-1"},
     )
-    return Anomaly(
-        event_id=event.event_id,
-        traceparent=trace.traceparent,
-        node="worker-1",
-        model_version="m-test",
-        feature_spec_hash="f" * 16,
-        score=0.93,
-        threshold=0.61,
-        features=[0.5] * 17,
-        detected_at_ns=event.time_ns,
-        event=event,
-    )
+    traceparent = (trace or TraceContext.new()).traceparent
+    return anomaly_of(event, traceparent=traceparent, model_version="m-test", score=0.93, threshold=0.61)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from coordinator_standins import InProcessAgents, make_anomaly
 
-from aerie.brain.audit import AuditStore
+from aerie.brain.audit import AuditStore, IncidentRecord
 from aerie.brain.coordinator import CaseError, Coordinator, incident_id_for
 from aerie.brain.metrics import BrainMetrics
 from aerie.proto.envelope import TraceContext
@@ -39,6 +39,23 @@ async def admit(coord: Coordinator, n: int = 0) -> tuple[str, TraceContext]:
     return incident_id_for(anomaly.event_id), trace
 
 
+async def admit_and_drain(coord: Coordinator) -> tuple[IncidentRecord, TraceContext]:
+    """Admit one anomaly and run it as far as it goes: its incident as the audit store holds it."""
+    incident_id, trace = await admit(coord)
+    assert await coord.drain(timeout_s=30)
+    incident = await coord.audit.incident(incident_id)
+    assert incident is not None
+    return incident, trace
+
+
+async def admit_and_close(agents: InProcessAgents, stores: dict[str, str]) -> str:
+    """Admit one anomaly, run it as far as it goes and close the coordinator: its incident id."""
+    async with coordinator(agents, stores) as coord:
+        incident_id, _ = await admit(coord)
+        assert await coord.drain(timeout_s=30)
+    return incident_id
+
+
 def sample(metrics: BrainMetrics, name: str, labels: dict[str, str] | None = None) -> float:
     value = metrics.registry.get_sample_value(name, labels or {})
     return 0.0 if value is None else value
@@ -53,10 +70,8 @@ async def test_auto_execute_runs_every_step_once_and_labels_malicious(
 ) -> None:
     metrics = BrainMetrics()
     async with coordinator(agents, stores, metrics=metrics) as coord:
-        incident_id, trace = await admit(coord)
-        assert await coord.drain(timeout_s=30)
-        incident = await coord.audit.incident(incident_id)
-        assert incident is not None
+        incident, trace = await admit_and_drain(coord)
+        incident_id = incident.incident_id
         assert incident.status == incident.outcome == "executed"
         assert incident.verdict == "auto_execute"
         assert incident.finished_at_ns is not None
@@ -94,10 +109,8 @@ async def test_auto_reject_runs_no_action_and_labels_benign(
 ) -> None:
     agents.verdict = "auto_reject"
     async with coordinator(agents, sqlite_stores) as coord:
-        incident_id, _ = await admit(coord)
-        assert await coord.drain(timeout_s=30)
-        incident = await coord.audit.incident(incident_id)
-        assert incident is not None
+        incident, _ = await admit_and_drain(coord)
+        incident_id = incident.incident_id
         assert (incident.status, incident.verdict) == ("rejected", "auto_reject")
         assert await steps_of(coord, incident_id) == [*HAPPY[:3], "reject", "notify", "feedback"]
         assert [(f.label, f.source) for f in await coord.audit.feedback()] == [("benign", "policy")]
@@ -128,10 +141,8 @@ async def test_escalation_approved_from_a_new_process_executes_once(
     agents.verdict = "escalate"
     first_metrics = BrainMetrics()
     async with coordinator(agents, stores, metrics=first_metrics) as coord:
-        incident_id, _ = await admit(coord)
-        assert await coord.drain(timeout_s=30)
-        incident = await coord.audit.incident(incident_id)
-        assert incident is not None
+        incident, _ = await admit_and_drain(coord)
+        incident_id = incident.incident_id
         assert (incident.status, incident.verdict) == ("escalated", "escalate")
         assert incident.reason == "test policy says escalate"
         assert sample(first_metrics, "aerie_open_escalations") == 1
@@ -167,9 +178,7 @@ async def test_investigate_keeps_waiting_then_dismiss_rejects(
     agents: InProcessAgents, sqlite_stores: dict[str, str]
 ) -> None:
     agents.verdict = "escalate"
-    async with coordinator(agents, sqlite_stores) as coord:
-        incident_id, _ = await admit(coord)
-        assert await coord.drain(timeout_s=30)
+    incident_id = await admit_and_close(agents, sqlite_stores)
     async with coordinator(agents, sqlite_stores) as other:
         assert await other.decide(incident_id, "investigate", "bob", "pulling logs") == "escalated"
         assert await other.decide(incident_id, "investigate", "carol") == "escalated"
@@ -222,10 +231,8 @@ async def test_agent_trouble_escalates_with_the_reason(
     getattr(agents, knob).add(agent)
     metrics = BrainMetrics()
     async with coordinator(agents, sqlite_stores, metrics=metrics) as coord:
-        incident_id, _ = await admit(coord)
-        assert await coord.drain(timeout_s=30)
-        incident = await coord.audit.incident(incident_id)
-        assert incident is not None
+        incident, _ = await admit_and_drain(coord)
+        incident_id = incident.incident_id
         assert (incident.status, incident.verdict) == ("escalated", "escalate")  # fail closed
         assert incident.reason is not None
         assert reason in incident.reason
@@ -244,10 +251,8 @@ async def test_remediate_down_escalates_and_approval_executes_once_it_is_back(
 ) -> None:
     agents.down.add("remediate")
     async with coordinator(agents, sqlite_stores) as coord:
-        incident_id, _ = await admit(coord)
-        assert await coord.drain(timeout_s=30)
-        incident = await coord.audit.incident(incident_id)
-        assert incident is not None
+        incident, _ = await admit_and_drain(coord)
+        incident_id = incident.incident_id
         assert (incident.status, incident.verdict) == ("escalated", "auto_execute")
         agents.down.clear()
         assert await coord.decide(incident_id, "approve", "alice") == "executed"
@@ -260,10 +265,8 @@ async def test_notify_down_still_waits_for_a_human(
     agents.verdict = "escalate"
     agents.down.add("notify")
     async with coordinator(agents, sqlite_stores) as coord:
-        incident_id, _ = await admit(coord)
-        assert await coord.drain(timeout_s=30)
-        incident = await coord.audit.incident(incident_id)
-        assert incident is not None
+        incident, _ = await admit_and_drain(coord)
+        incident_id = incident.incident_id
         assert incident.status == "escalated"
         escalate = (await coord.audit.steps(incident_id))[-1]
         assert escalate.step == "escalate"
@@ -327,9 +330,7 @@ async def test_decision_interrupted_mid_run_is_applied_at_the_next_start(
     agents: InProcessAgents, sqlite_stores: dict[str, str]
 ) -> None:
     agents.verdict = "escalate"
-    async with coordinator(agents, sqlite_stores) as coord:
-        incident_id, _ = await admit(coord)
-        assert await coord.drain(timeout_s=30)
+    incident_id = await admit_and_close(agents, sqlite_stores)
     gate = agents.hold["remediate"] = asyncio.Event()
     async with coordinator(agents, sqlite_stores) as cli:
         deciding = asyncio.create_task(cli.decide(incident_id, "approve", "alice"))

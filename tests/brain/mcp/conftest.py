@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mcp_testkit import Proc, spawn_attack
+from mcp_testkit import spawn_attack
+from process_testkit import Proc
 
 from aerie.brain.certs import Pki, issue
 

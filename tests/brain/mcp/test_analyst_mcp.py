@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import msgspec
 import pytest
-from mcp_testkit import Proc, anomaly, detection, listening, spawn, tls_of
+from mcp_testkit import anomaly, detection
+from process_testkit import Proc, listening_agent, spawn_agent, tls_of
 
 from aerie.brain.agents.client import A2AAgentCaller
 from aerie.brain.agents.logic import ATTACK_SERVER, AnalystLogic, ReviewerLogic
@@ -100,12 +101,10 @@ async def test_an_unreachable_attack_server_gives_confidence_zero_and_the_review
 
 @pytest.fixture(scope="module")
 def analyst(attack: Proc, certs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
-    base = tmp_path_factory.mktemp("analyst")
-    args = ["agent", "run", "analyst", "--certs", str(certs), "--port", "0", "--ops-port", "0"]
-    args += ["--grace", "1", "--mcp-attack", attack.url]
-    proc = listening(
-        spawn("analyst", "aerie.brain.agent_cli", args, base / "analyst.log"),
-        "aerie agent analyst listening on ",
+    log = tmp_path_factory.mktemp("analyst") / "analyst.log"
+    options = ("--mcp-attack", attack.url)
+    proc = listening_agent(
+        spawn_agent("analyst", certs, None, log, *options, module="aerie.brain.agent_cli", ops=True)
     )
     try:
         yield proc

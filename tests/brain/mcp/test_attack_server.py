@@ -8,7 +8,8 @@ from pathlib import Path
 import httpx2
 import jsonschema  # type: ignore[import-untyped]
 import pytest
-from mcp_testkit import Proc, json_log, parsed, sdk_client, tls_of
+from mcp_testkit import json_log, parsed, sdk_client
+from process_testkit import Proc, tls_of
 
 from aerie.brain.certs import Pki
 from aerie.brain.mcp.client import McpCaller, McpToolError, McpUnavailable

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from mcp.server import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp_testkit import json_log, parsed, sdk_client, tls_of
+from mcp_testkit import json_log, parsed, sdk_client
+from process_testkit import tls_of
 
 from aerie.brain.certs import Pki
 from aerie.brain.mcp.attack_server import DEFAULT_ALLOWED, build_server
