@@ -30,7 +30,6 @@ def foreign_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return issue(directory, "edge")
 
 
-
 @pytest.fixture
 def tansu(tmp_path: Path) -> Iterator[Tansu]:
     """A fresh, running Tansu broker (real Kafka wire protocol); ``tansu.bootstrap`` is its ``host:port``."""
