@@ -458,6 +458,7 @@ class AnomalyConsumer:
         error = message.error()
         if error is not None:
             self._counts["consume_errors"] += 1
+            self.metrics.consumer_errors.labels(kind="consume").inc()
             if error.fatal():
                 self._fail(ConsumerFailed(f"fatal consumer error: {error.name()}: {error.str()}"))
             else:
@@ -532,6 +533,7 @@ class AnomalyConsumer:
             except Exception as exc:
                 attempt += 1
                 self._counts["admit_failures"] += 1
+                self.metrics.consumer_errors.labels(kind="admit").inc()
                 delay = self._backoff(attempt)
                 _log.warning(
                     "admit failed; retrying the same message",
@@ -605,6 +607,7 @@ class AnomalyConsumer:
                 break
             attempt += 1
             self._counts["dlq_failures"] += 1
+            self.metrics.consumer_errors.labels(kind="dead_letter").inc()
             delay = self._backoff(attempt)
             _log.warning(
                 "dead-letter copy failed; producing it again",
@@ -763,6 +766,7 @@ class AnomalyConsumer:
         for tp in results:
             if tp.error is not None or tp.offset < 0:
                 self._counts["commit_failures"] += 1
+                self.metrics.consumer_errors.labels(kind="commit").inc()
                 if tp.error is not None:
                     _log.warning(
                         "commit refused",

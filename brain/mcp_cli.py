@@ -29,9 +29,9 @@ input and an output schema; arguments that break the input schema get a tool err
 constraint. Each tool call is logged as one JSON line on stderr with the tool, the caller's identity
 and the trace id of the traceparent it came with (params._meta, else the HTTP header). Once
 listening it prints one line, "aerie mcp NAME listening on URL", to stdout. With --ops-port it also
-serves plain HTTP on HOST:OPS_PORT for the kubelet: /healthz, /readyz (/metrics has no series yet). SIGTERM or
-SIGINT stops it after the requests in flight (exit status 0). Exit status 2: bad options, unreadable
-certificates, a port in use.
+serves plain HTTP on HOST:OPS_PORT: /healthz, /readyz and /metrics (calls served, refusals, latency).
+SIGTERM or SIGINT stops it after the requests in flight (exit status 0). Exit status 2: bad options,
+unreadable certificates, a port in use.
 
 --insecure-http serves plain HTTP without certificates or identities, for running the MCP
 conformance suite locally, and only on a loopback --host.
@@ -184,8 +184,6 @@ async def _serve(service: McpService, name: str, *, ops_port: int | None) -> Non
     import logging
     import signal
 
-    from prometheus_client import CollectorRegistry
-
     from aerie.brain.mcp.serving import McpServiceError
     from aerie.proto.ops import OpsServer, Probe, ServeError
 
@@ -205,7 +203,7 @@ async def _serve(service: McpService, name: str, *, ops_port: int | None) -> Non
                 return Probe(ok=not stop.is_set(), detail={"server": service.name, "url": url})
 
             ops = OpsServer(
-                service.host, ops_port, CollectorRegistry(), ready=ready, name=f"aerie-mcp-{name}-ops"
+                service.host, ops_port, service.metrics.registry, ready=ready, name=f"aerie-mcp-{name}-ops"
             )
             try:
                 await ops.start()

@@ -89,6 +89,25 @@ class BrainMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.mcp_served = Counter(
+            "aerie_mcp_served",
+            "MCP tool calls a server answered, by server, tool and outcome (ok, tool_error, invalid, ...)",
+            ["server", "tool", "outcome"],
+            registry=r,
+        )
+        self.mcp_refused = Counter(
+            "aerie_mcp_refused",
+            "MCP requests refused before the server saw them, by server and reason",
+            ["server", "reason"],
+            registry=r,
+        )
+        self.mcp_serve_latency = Histogram(
+            "aerie_mcp_serve_seconds",
+            "Time an MCP server took to answer a tool call, by server and tool",
+            ["server", "tool"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         # Coordinator.
         self.verdicts = Counter(
             "aerie_reviewer_verdicts",
@@ -121,6 +140,12 @@ class BrainMetrics:
         )
         self.dead_lettered = Counter(
             "aerie_dead_lettered", "Messages sent to the dead-letter topic, by reason", ["reason"], registry=r
+        )
+        self.consumer_errors = Counter(
+            "aerie_consumer_errors",
+            "Consumer failures that were retried, by kind (admit, dead_letter, commit, consume)",
+            ["kind"],
+            registry=r,
         )
         self.consumer_lag = Gauge(
             "aerie_consumer_lag",

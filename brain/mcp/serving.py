@@ -46,6 +46,7 @@ from mcp.types import CallToolResult, TextContent
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from aerie.brain.mcp.trace import inbound_trace, parse
+from aerie.brain.metrics import BrainMetrics
 from aerie.edge.tls import ServerTls, server_ssl_context
 from aerie.proto.logs import trace_scope
 from aerie.proto.serving import Running, ServeError, bind, peer_identity, serve
@@ -87,10 +88,13 @@ def is_loopback(host: str) -> bool:
 class _Gate:
     """Health, identity allow-list, trace scope; see the module docstring."""
 
-    def __init__(self, app: Asgi, *, server: str, allowed: frozenset[str] | None) -> None:
+    def __init__(
+        self, app: Asgi, *, server: str, allowed: frozenset[str] | None, metrics: BrainMetrics
+    ) -> None:
         self.app = app
         self.server = server
         self.allowed = allowed  # None: plain-HTTP conformance mode, nobody has an identity
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("type") != "http":
@@ -102,6 +106,7 @@ class _Gate:
         if self.allowed is not None:
             identity = peer_identity(scope)
             if identity not in self.allowed:
+                self.metrics.mcp_refused.labels(server=self.server, reason="identity").inc()
                 log.warning(
                     "request refused: identity not allowed",
                     extra={"server": self.server, "peer": identity, "path": path[:200]},
@@ -147,8 +152,9 @@ def _tool_error(text: str, protocol_version: str) -> dict[str, Any]:
 class _ToolCalls:
     """Strict argument check and one log line per ``tools/call``; see the module docstring."""
 
-    def __init__(self, server: MCPServer) -> None:
+    def __init__(self, server: MCPServer, metrics: BrainMetrics) -> None:
         self.server = server
+        self.metrics = metrics
         self._validators: dict[str, Any] | None = None
 
     async def _validator(self, tool: str) -> Any:
@@ -202,9 +208,12 @@ class _ToolCalls:
                 extra["reason"] = _clip(exc.error.message)
                 raise
             finally:
+                elapsed = time.perf_counter() - started
                 extra["outcome"] = outcome
-                extra["duration_ms"] = round((time.perf_counter() - started) * 1000.0, 3)
+                extra["duration_ms"] = round(elapsed * 1000.0, 3)
                 log.info("mcp tool call", extra=extra)
+                self.metrics.mcp_served.labels(server=self.server.name, tool=tool, outcome=outcome).inc()
+                self.metrics.mcp_serve_latency.labels(server=self.server.name, tool=tool).observe(elapsed)
 
 
 # --- the service -------------------------------------------------------------------------------
@@ -233,6 +242,7 @@ class McpService:
         allowed: Iterable[str] = (),
         graceful_timeout_s: int = 5,
         insecure_http: bool = False,
+        metrics: BrainMetrics | None = None,
     ) -> None:
         if tls is None:
             if not insecure_http:
@@ -258,7 +268,8 @@ class McpService:
         self._manager_task: asyncio.Task[None] | None = None
         self._manager_stop: asyncio.Event | None = None
         self._url: str | None = None
-        server.middleware.append(_ToolCalls(server))
+        self.metrics = metrics if metrics is not None else BrainMetrics()
+        server.middleware.append(_ToolCalls(server, self.metrics))
 
     @property
     def url(self) -> str:
@@ -288,7 +299,12 @@ class McpService:
             transport_security=self._security(),
             host=self.host,
         )
-        gate = _Gate(app, server=self.name, allowed=self.allowed if self.tls is not None else None)
+        gate = _Gate(
+            app,
+            server=self.name,
+            allowed=self.allowed if self.tls is not None else None,
+            metrics=self.metrics,
+        )
         return gate, self.server.session_manager
 
     async def _run_manager(

@@ -302,6 +302,8 @@ async def test_an_undeliverable_dead_letter_holds_the_commit_not_the_partition(t
     stats = running.consumer.stats
     assert stats.dead_lettered == {}
     assert stats.abandoned == 1
+    errors = running.consumer.metrics.registry.get_sample_value
+    assert errors("aerie_consumer_errors_total", {"kind": "dead_letter"}) == stats.dlq_failures
     (partition,) = stats.committed
     assert committed(tansu.bootstrap, cfg.group_id) == {partition: 1} == stats.committed
 
@@ -337,6 +339,8 @@ async def test_a_failing_admit_is_retried_and_nothing_past_it_is_committed(tansu
     await first.stop()  # the hanging admit is abandoned at the drain timeout
     stats = first.consumer.stats
     assert (stats.admitted, stats.admit_failures, stats.abandoned) == (2, 2, 1)
+    errors = first.consumer.metrics.registry.get_sample_value
+    assert errors("aerie_consumer_errors_total", {"kind": "admit"}) == 2
     (partition,) = stats.committed
     # Periodic commits ran while m2 failed, and stop() committed: none of them went past m2.
     assert committed(tansu.bootstrap, group) == {partition: 2} == stats.committed

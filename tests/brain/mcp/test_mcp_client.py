@@ -153,3 +153,25 @@ async def test_plain_http_on_loopback_serves_the_same_tools(pki: dict[str, Pki])
     assert tools == {"map_technique", "technique"}
     assert result.structured_content is not None
     assert result.structured_content["found"] is True
+
+
+async def test_the_service_counts_what_it_served_and_refused(
+    service: McpService, pki: dict[str, Pki]
+) -> None:
+    async with McpCaller({"attack": service.url}, tls=tls_of(pki["agent-analyst"])) as c:
+        await c.call("attack", "technique", {"id": "T1059"})
+        await c.call("attack", "technique", {"id": "T1611"})
+    with json_log("aerie.brain.mcp.serving") as log:
+        async with McpCaller({"attack": service.url}, tls=tls_of(pki["edge"]), attempts=1) as stranger:
+            with pytest.raises(McpUnavailable):
+                await stranger.call("attack", "technique", {"id": "T1059"})
+    # Every refused request is counted, the client's closing request included.
+    refusals = len(parsed(log, "request refused: identity not allowed"))
+    assert refusals >= 1
+    sample = service.metrics.registry.get_sample_value
+    assert (
+        sample("aerie_mcp_served_total", {"server": "aerie-attack", "tool": "technique", "outcome": "ok"})
+        == 2
+    )
+    assert sample("aerie_mcp_serve_seconds_count", {"server": "aerie-attack", "tool": "technique"}) == 2
+    assert sample("aerie_mcp_refused_total", {"server": "aerie-attack", "reason": "identity"}) == refusals
