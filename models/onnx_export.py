@@ -59,6 +59,8 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from aerie.models.onnx_io import INPUT_NAME, OUTPUT_ANOMALY_SCORE, OUTPUT_SCORE_SAMPLES
+
 __all__ = [
     "INPUT_NAME",
     "OUTPUT_ANOMALY_SCORE",
@@ -74,11 +76,6 @@ __all__ = [
     "verify_parity",
 ]
 
-INPUT_NAME: Final = "X"
-OUTPUT_ANOMALY_SCORE: Final = "anomaly_score"
-"""aerie convention: higher = more anomalous; equals ``-IsolationForest.score_samples``, in (0, 1]."""
-OUTPUT_SCORE_SAMPLES: Final = "score_samples"
-"""sklearn convention: higher = more normal; equals ``IsolationForest.score_samples``."""
 
 TreeOperator = Literal["TreeEnsemble", "TreeEnsembleRegressor"]
 """``TreeEnsemble`` (ai.onnx.ml 5; in onnxruntime releases from late 2024 on, which map it onto the

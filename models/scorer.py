@@ -46,7 +46,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
-from aerie.models.onnx_export import INPUT_NAME, OUTPUT_ANOMALY_SCORE, OUTPUT_SCORE_SAMPLES
+from aerie.models.onnx_io import INPUT_NAME, OUTPUT_ANOMALY_SCORE, OUTPUT_SCORE_SAMPLES
 
 __all__ = ["OnnxScorer", "ScorerError"]
 
