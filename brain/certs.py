@@ -16,6 +16,7 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -24,7 +25,16 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from aerie.proto.identity import identity_of, spiffe_id
 
-__all__ = ["DEFAULT_COMPONENTS", "Pki", "identity_of", "init_pki", "issue", "make_ca", "spiffe_id"]
+__all__ = [
+    "DEFAULT_COMPONENTS",
+    "LOCAL_HOSTS",
+    "Pki",
+    "identity_of",
+    "init_pki",
+    "issue",
+    "make_ca",
+    "spiffe_id",
+]
 
 DEFAULT_COMPONENTS = (
     "edge",
@@ -39,6 +49,7 @@ DEFAULT_COMPONENTS = (
     "cli",
 )
 _VALIDITY = dt.timedelta(days=365)
+LOCAL_HOSTS: Final = ("localhost", "127.0.0.1", "::1")
 
 
 @dataclass(frozen=True)
@@ -102,7 +113,7 @@ def issue(
     directory: Path,
     component: str,
     *,
-    hosts: Iterable[str] = ("localhost", "127.0.0.1", "::1"),
+    hosts: Iterable[str] = LOCAL_HOSTS,
 ) -> Pki:
     """Issue ``<component>.crt``/``.key`` signed by ``directory``'s CA, usable as client and server.
 
@@ -142,7 +153,11 @@ def issue(
     return Pki(ca=directory / "ca.crt", cert=crt, key=key_path)
 
 
-def init_pki(directory: Path, components: Iterable[str] = DEFAULT_COMPONENTS) -> dict[str, Pki]:
-    """A fresh CA and one certificate per component in ``directory``."""
+def init_pki(
+    directory: Path, components: Iterable[str] = DEFAULT_COMPONENTS, *, hosts: Iterable[str] = ()
+) -> dict[str, Pki]:
+    """A fresh CA and one certificate per component in ``directory``, valid for the local names and
+    ``hosts`` (the DNS names or addresses peers dial, e.g. Kubernetes Service names)."""
     make_ca(directory)
-    return {c: issue(directory, c) for c in components}
+    names = (*LOCAL_HOSTS, *(h for h in hosts if h not in LOCAL_HOSTS))
+    return {c: issue(directory, c, hosts=names) for c in components}

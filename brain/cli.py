@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["CliError", "flag", "main", "option"]
+__all__ = ["CliError", "build_parser", "flag", "main", "option"]
 
 # One line per part that contributes subcommands.
 _PARTS = (
@@ -74,7 +74,8 @@ def flag(parser: argparse.ArgumentParser, *flags: str, env: str, help: str) -> N
     parser.add_argument(*flags, action="store_true", default=raw in _TRUE, help=f"{help} [env {env}]")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The whole `aerie` parser. Options read their environment variables while it is built."""
     parser = argparse.ArgumentParser(
         prog="aerie",
         description="Runtime security for Kubernetes on top of Falco.",
@@ -82,7 +83,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for part in _PARTS:
         importlib.import_module(part).register(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int | None] = args.handler
     try:
         return handler(args) or 0

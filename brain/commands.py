@@ -112,6 +112,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=lambda s: [c for c in s.split(",") if c],
         help="comma-separated components (default: every aerie component)",
     )
+    option(
+        init,
+        "--host",
+        env="AERIE_CERTS_HOSTS",
+        type=lambda s: [h.strip() for h in s.split(",") if h.strip()],
+        metavar="NAME,...",
+        help="further DNS names or addresses every certificate is valid for, beyond localhost "
+        "(e.g. the Kubernetes Service names peers dial: aerie-agent-detect,aerie-agent-detect.aerie.svc)",
+    )
     flag(init, "--force", env="AERIE_CERTS_FORCE", help="replace an existing CA and its certificates")
     init.set_defaults(handler=_certs_init)
 
@@ -152,7 +161,7 @@ def _certs_init(args: argparse.Namespace) -> int:
     if (directory / "ca.key").exists() and not args.force:
         raise CliError(f"{directory}/ca.key exists; pass --force to replace the CA and every certificate")
     components = args.component or list(DEFAULT_COMPONENTS)
-    issued = init_pki(directory, components)
+    issued = init_pki(directory, components, hosts=args.host or ())
     for name, pki in issued.items():
         print(f"{name:<16} {spiffe_id(name):<34} {pki.cert}")
     return 0

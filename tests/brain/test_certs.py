@@ -52,3 +52,17 @@ def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None
 def test_spiffe_ids() -> None:
     assert spiffe_id("agent-remediate") == "spiffe://aerie/agent/remediate"
     assert spiffe_id("brain") == "spiffe://aerie/brain"
+
+
+def test_certs_init_adds_the_names_peers_dial(tmp_path: Path) -> None:
+    """In a cluster the brain dials agents by Service name: the certificate must carry that name."""
+    from cryptography import x509
+
+    assert (
+        main(["certs", "init", str(tmp_path), "--component", "agent-detect", "--host", "aerie-agent-detect"])
+        == 0
+    )
+    cert = x509.load_pem_x509_certificate((tmp_path / "agent-detect.crt").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["localhost", "aerie-agent-detect"]
+    assert identity_of((tmp_path / "agent-detect.crt").read_bytes()) == spiffe_id("agent-detect")
