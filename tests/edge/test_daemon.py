@@ -1008,3 +1008,42 @@ async def test_an_http_flood_is_shed_and_counted_memory_stays_bounded_and_it_kee
     assert later("aerie_edge_events_shed_total", reason="queue_full") == shed
     status, _ = await asyncio.to_thread(edge.terminate)
     assert status == 0
+
+
+# --- 9. Falco's gRPC API (Falco <= 0.43) as the input -----------------------------------------------
+
+
+def test_the_grpc_input_takes_every_alert_from_falcos_outputs_service(
+    tansu: Tansu, world: World, tmp_path: Path, start_edge: StartEdge
+) -> None:
+    """`aerie falco replay` serves Falco's outputs service on a unix socket; the daemon subscribes."""
+    feed, threshold = world.feed, world.bundle.manifest.threshold
+    events = tmp_path / "alerts.jsonl"
+    events.write_bytes(feed.text(0, 1500))
+    socket_path = tmp_path / "falco.sock"
+    replay = ["falco", "replay", "--events", str(events), "--grpc", f"unix://{socket_path}"]
+    falco = subprocess.Popen(
+        [sys.executable, "-m", "aerie.brain", *replay],
+        env=clean_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        settings = base_settings(tmp_path, world.models, tansu.bootstrap, events)
+        settings |= {"input_kind": "grpc", "input_grpc_address": f"unix://{socket_path}"}
+        del settings["input_jsonlines_path"], settings["input_jsonlines_follow"]
+        edge = start_edge(settings)
+        edge.wait_metrics(lambda m: m("aerie_edge_events_scored_total") >= 1500, "every alert scored")
+        output, _ = falco.communicate(timeout=60)
+        assert falco.returncode == 0, output.decode(errors="replace")
+    finally:
+        if falco.poll() is None:
+            falco.kill()
+    metrics = edge.metrics()
+    assert metrics("aerie_edge_events_received_total", input="grpc") == 1500
+    assert metrics("aerie_edge_events_decoded_total", input="grpc") == 1500
+    # The same decisions as from the JSON lines: the transport changes nothing.
+    expected = set(feed.anomalies(0, 1500, threshold))
+    assert expected
+    assert set(consume(tansu.bootstrap, expected)) == expected
