@@ -1,15 +1,12 @@
 """`aerie agent run NAME`: one agent as its own process, serving A2A over mutual TLS.
 
-Registered into the `aerie` command by `register`; also runnable on its own as
-``python -m aerie.brain.agent_cli agent run NAME ...``. Handlers import the agents lazily:
-``aerie --help`` must not pay for the A2A SDK.
+Registered into the `aerie` command by `register`. Handlers import the agents lazily: ``aerie --help``
+must not pay for the A2A SDK.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -254,22 +251,3 @@ async def _serve(service: AgentService, *, ops_port: int | None) -> None:
             with contextlib.suppress(Exception):
                 await ops.close()
     log.info("agent stopped", extra={"agent": service.name})
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """The `aerie` command with only this module's subcommands (for ``python -m``)."""
-    parser = argparse.ArgumentParser(prog="aerie")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    register(sub)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.handler(args) or 0)
-    except CliError as exc:
-        print(f"aerie: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,15 +1,12 @@
 """`aerie mcp run NAME`: one of aerie's MCP servers as its own process, over mutual TLS.
 
-Registered into the `aerie` command by `register`; also runnable on its own as
-``python -m aerie.brain.mcp_cli mcp run NAME ...``. Handlers import the MCP SDK lazily: ``aerie
---help`` must not pay for it.
+Registered into the `aerie` command by `register`. Handlers import the MCP SDK lazily: ``aerie --help``
+must not pay for it.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -228,22 +225,3 @@ async def _serve(service: McpService, name: str, *, ops_port: int | None) -> Non
             with contextlib.suppress(Exception):
                 await ops.close()
     log.info("mcp server stopped", extra={"server": service.name})
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """The `aerie` command with only this module's subcommands (for ``python -m``)."""
-    parser = argparse.ArgumentParser(prog="aerie")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    register(sub)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.handler(args) or 0)
-    except CliError as exc:
-        print(f"aerie: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,7 +9,6 @@ import msgspec
 import pytest
 from falco_testkit import SHELL_RULE, SHELL_TAGS, agent_input, pod_shell_event
 
-from aerie.brain.agent_cli import main as agent_main
 from aerie.brain.agents.logic import (
     AnalystLogic,
     DetectLogic,
@@ -24,6 +23,7 @@ from aerie.brain.agents.registry import (
     parse_endpoints,
     parse_identities,
 )
+from aerie.brain.cli import main as agent_main
 from aerie.proto.agents import (
     Action,
     AnalyseRequest,

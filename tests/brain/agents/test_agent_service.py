@@ -1,4 +1,4 @@
-"""The agents as real processes (``python -m aerie.brain.agent_cli agent run NAME``) over real mutual
+"""The agents as real processes (``python -m aerie.brain agent run NAME``) over real mutual
 TLS, called through `A2AAgentCaller` and, for what the caller never sends, raw JSON-RPC."""
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from aerie.proto.agents import (
 from aerie.proto.envelope import TraceContext
 from aerie.proto.event import Priority
 
-AGENT_CLI = "aerie.brain.agent_cli"
+AGENT_CLI = "aerie.brain"
 """The agents' own command module, run directly rather than through the `aerie` dispatcher."""
 
 

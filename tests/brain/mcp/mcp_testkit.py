@@ -28,7 +28,7 @@ def spawn_attack(certs: Path | None, log: Path, *extra: str) -> Proc:
     args = ["mcp", "run", "attack", "--port", "0", "--grace", "1", *extra]
     if certs is not None:
         args += ["--certs", str(certs)]
-    return listening(spawn("mcp attack", "aerie.brain.mcp_cli", args, log), "aerie mcp attack listening on ")
+    return listening(spawn("mcp attack", "aerie.brain", args, log), "aerie mcp attack listening on ")
 
 
 @contextlib.asynccontextmanager

@@ -103,9 +103,7 @@ async def test_an_unreachable_attack_server_gives_confidence_zero_and_the_review
 def analyst(attack: Proc, certs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     log = tmp_path_factory.mktemp("analyst") / "analyst.log"
     options = ("--mcp-attack", attack.url)
-    proc = listening_agent(
-        spawn_agent("analyst", certs, None, log, *options, module="aerie.brain.agent_cli", ops=True)
-    )
+    proc = listening_agent(spawn_agent("analyst", certs, None, log, *options, ops=True))
     try:
         yield proc
     finally:

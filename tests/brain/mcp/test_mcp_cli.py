@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from mcp_testkit import sdk_client, spawn_attack
 
-from aerie.brain.agent_cli import main as agent_main
+from aerie.brain.cli import main as agent_main
+from aerie.brain.cli import main as mcp_main
 from aerie.brain.mcp.trace import current_traceparent, inbound_trace, parent_trace, parse, serving_traceparent
-from aerie.brain.mcp_cli import main as mcp_main
 from aerie.proto.envelope import TraceContext
 from aerie.proto.logs import trace_scope
 
