@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import ssl
 import time
 import uuid
 from collections.abc import Mapping
@@ -76,6 +75,7 @@ from aerie.proto.agents import AgentReply, AgentUnavailable
 from aerie.proto.agents import TaskState as ReplyState
 from aerie.proto.envelope import EnvelopeError, TraceContext
 from aerie.proto.logs import trace_scope
+from aerie.proto.retry import backoff_delay, tls_refusal
 
 __all__ = ["A2AAgentCaller"]
 
@@ -95,20 +95,6 @@ class _Transient(Exception):
 
 class _Permanent(Exception):
     """Retrying cannot help: the agent refused us or is misconfigured."""
-
-
-def _tls_refusal(exc: BaseException) -> str | None:
-    """Why a TLS handshake was refused, when that is what ``exc`` (or what caused it) says."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, ssl.SSLCertVerificationError):
-            return f"agent certificate not trusted: {current.verify_message or current.reason}"
-        if isinstance(current, ssl.SSLError) and "ALERT" in str(current.reason or "").upper():
-            return f"TLS refused by the agent: {current.reason}"
-        current = current.__cause__ or current.__context__
-    return None
 
 
 class A2AAgentCaller:
@@ -297,8 +283,7 @@ class A2AAgentCaller:
         raise AgentUnavailable(agent, self.attempts, reason)
 
     def _backoff(self, attempt: int) -> float:
-        ceiling = min(self.backoff_cap_s, self.backoff_s * 2 ** (attempt - 1))
-        return self._rng.uniform(ceiling / 2, ceiling)
+        return backoff_delay(attempt, self.backoff_s, self.backoff_cap_s, self._rng)
 
     async def _send(
         self, client: Client, request: SendMessageRequest, context: ClientCallContext
@@ -321,7 +306,7 @@ class A2AAgentCaller:
                     raise _Transient(text) from None
                 raise _Permanent(text) from None
             if isinstance(cause, httpx.TransportError):
-                refusal = _tls_refusal(cause)
+                refusal = tls_refusal(cause, "agent")
                 if refusal is not None:
                     raise _Permanent(refusal) from None
                 raise _Transient(f"{type(cause).__name__}: {cause}") from None

@@ -35,7 +35,6 @@ import contextlib
 import contextvars
 import logging
 import random
-import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -54,6 +53,7 @@ from aerie.brain.metrics import BrainMetrics
 from aerie.edge.errors import TlsError
 from aerie.edge.tls import ClientTls, client_ssl_context
 from aerie.proto.logs import trace_scope
+from aerie.proto.retry import backoff_delay, tls_refusal
 
 __all__ = ["McpCaller", "McpError", "McpToolError", "McpUnavailable"]
 
@@ -123,25 +123,6 @@ async def _note(response: httpx2.Response) -> None:
 
 def _clip(text: str) -> str:
     return text if len(text) <= _REASON_MAX else text[: _REASON_MAX - 1] + "…"
-
-
-def _tls_refusal(exc: BaseException) -> str | None:
-    """Why a TLS handshake failed on our side, when that is what ``exc`` (or its causes) says."""
-    seen: set[int] = set()
-    pending: list[BaseException] = [exc]
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, ssl.SSLCertVerificationError):
-            return f"server certificate not trusted: {current.verify_message or current.reason}"
-        if isinstance(current, ssl.SSLError) and "ALERT" in str(current.reason or "").upper():
-            return f"TLS refused by the server: {current.reason}"
-        if isinstance(current, BaseExceptionGroup):
-            pending.extend(current.exceptions)
-        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
-    return None
 
 
 def _describe(exc: BaseException) -> str:
@@ -375,8 +356,7 @@ class McpCaller:
         raise McpUnavailable(server, tool, self.attempts, reason)
 
     def _backoff(self, attempt: int) -> float:
-        ceiling = min(self.backoff_cap_s, self.backoff_s * 2 ** (attempt - 1))
-        return self._rng.uniform(ceiling / 2, ceiling)
+        return backoff_delay(attempt, self.backoff_s, self.backoff_cap_s, self._rng)
 
     async def _attempt(
         self, server: str, url: str, tool: str, arguments: dict[str, Any], parent: str
@@ -401,7 +381,7 @@ class McpCaller:
         except TimeoutError:
             raise _Transient(f"timed out after {self.timeout_s * 2:g}s") from None
         except Exception as exc:
-            refusal = _tls_refusal(exc)
+            refusal = tls_refusal(exc, "server")
             if refusal is not None:
                 raise _Permanent(refusal) from None
             if 403 in outgoing.statuses:

@@ -38,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import re
 import threading
 from collections import Counter
@@ -55,6 +54,7 @@ from aerie.edge.tls import ClientTls, TlsError, grpc_channel_credentials
 from aerie.proto.event import DecodeError, FalcoEvent
 from aerie.proto.falco import outputs_pb2, version_pb2
 from aerie.proto.grpc_codec import decode_response_bytes
+from aerie.proto.retry import backoff_delay
 
 __all__ = [
     "DEFAULT_ADDRESS",
@@ -360,10 +360,9 @@ class GrpcInput(FalcoInput):
         )
 
     async def _backoff(self, failures_in_a_row: int) -> None:
-        ceiling = min(
-            self.config.max_backoff_s, self.config.initial_backoff_s * 2.0 ** min(failures_in_a_row, 60)
+        await self._sleep(
+            backoff_delay(failures_in_a_row + 1, self.config.initial_backoff_s, self.config.max_backoff_s)
         )
-        await self._sleep(random.uniform(ceiling / 2, ceiling))
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep that `close` cuts short."""
