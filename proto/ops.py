@@ -36,7 +36,7 @@ from typing import Any, Final
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from aerie.proto.serving import Running, ServeError, bind, serve
+from aerie.proto.serving import Running, ServeError, bind, respond, serve
 
 __all__ = ["HEALTH_PATH", "METRICS_PATH", "READY_PATH", "OpsServer", "Probe", "ProbeFn", "ServeError"]
 
@@ -232,6 +232,4 @@ def _describe(exc: BaseException) -> str:
 
 
 async def _respond(send: Send, status: int, body: bytes, *headers: tuple[bytes, bytes]) -> None:
-    out = [*headers, *_COMMON, (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": out})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+    await respond(send, status, body, headers=[*headers, *_COMMON])

@@ -21,10 +21,11 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+import msgspec
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -37,10 +38,13 @@ __all__ = [
     "ServeError",
     "bind",
     "peer_identity",
+    "refuse_identity",
+    "respond",
     "serve",
 ]
 
 Scope = MutableMapping[str, Any]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 SslFactory = Callable[[], ssl.SSLContext]
 
 _START_TIMEOUT_S: Final = 10.0
@@ -62,6 +66,32 @@ def peer_identity(scope: Scope) -> str | None:
         return None
     pem = next(iter(chain), None)
     return identity_of(pem) if isinstance(pem, str) else None
+
+
+async def respond(
+    send: Send,
+    status: int,
+    body: bytes = b"",
+    *,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+    close: bool = False,
+) -> None:
+    """One complete response: ``headers``, then Content-Length (none on a 204, RFC 9110 §8.6), then
+    ``Connection: close`` when asked (a refusal whose body was not read closes rather than parse it)."""
+    out = list(headers)
+    if status != 204:
+        out.append((b"content-length", str(len(body)).encode()))
+    if close:
+        out.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": out})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def refuse_identity(send: Send, identity: str | None, target: str) -> None:
+    """403 for a TLS peer whose SPIFFE identity is not on ``target``'s allow-list; the connection closes."""
+    who = identity or "a peer without a SPIFFE identity"
+    body = msgspec.json.encode({"error": "forbidden", "detail": f"{who} may not call {target}"})
+    await respond(send, 403, body, headers=[(b"content-type", b"application/json")], close=True)
 
 
 class IdentityHttpToolsProtocol(HttpToolsProtocol):

@@ -73,7 +73,7 @@ from aerie.brain.metrics import BrainMetrics
 from aerie.edge.tls import ServerTls, server_ssl_context
 from aerie.proto.envelope import EnvelopeError, TraceContext
 from aerie.proto.logs import trace_scope
-from aerie.proto.serving import Running, ServeError, bind, peer_identity, serve
+from aerie.proto.serving import Running, ServeError, bind, peer_identity, refuse_identity, respond, serve
 
 __all__ = ["CARD_PATH", "HEALTH_PATH", "RPC_PATH", "AgentService", "ServiceError"]
 
@@ -82,6 +82,7 @@ log = logging.getLogger("aerie.brain.agents.service")
 CARD_PATH: Final = AGENT_CARD_WELL_KNOWN_PATH
 RPC_PATH: Final = "/"
 HEALTH_PATH: Final = "/healthz"
+_TEXT: Final = (b"content-type", b"text/plain; charset=utf-8")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -280,7 +281,7 @@ class _Gate:
             return
         path, method = scope.get("path", ""), scope.get("method", "")
         if path == HEALTH_PATH and method in ("GET", "HEAD"):
-            await _respond(send, 200, b"ok\n", b"text/plain; charset=utf-8")
+            await respond(send, 200, b"ok\n", headers=[_TEXT])
             return
         identity = peer_identity(scope)
         if not (path == CARD_PATH and method in ("GET", "HEAD")) and identity not in self.allowed:
@@ -289,12 +290,7 @@ class _Gate:
                 "request refused: identity not allowed",
                 extra={"agent": self.agent, "peer": identity, "path": path[:200]},
             )
-            who = identity or "a peer without a SPIFFE identity"
-            body = msgspec.json.encode(
-                {"error": "forbidden", "detail": f"{who} may not call agent {self.agent}"}
-            )
-            # The body was not read: close rather than parse it just to discard it.
-            await _respond(send, 403, body, b"application/json", close=True)
+            await refuse_identity(send, identity, f"agent {self.agent}")
             return
         trace, _ = _trace({k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or ()})
         started = time.perf_counter()
@@ -304,14 +300,6 @@ class _Gate:
             finally:
                 if path == RPC_PATH and method == "POST":
                     self.metrics.agent_serve_latency.labels(self.agent).observe(time.perf_counter() - started)
-
-
-async def _respond(send: Send, status: int, body: bytes, media: bytes, *, close: bool = False) -> None:
-    headers = [(b"content-type", media), (b"content-length", str(len(body)).encode())]
-    if close:
-        headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 # --- the service -------------------------------------------------------------------------------

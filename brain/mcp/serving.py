@@ -36,7 +36,6 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMappi
 from typing import Any, Final
 
 import jsonschema  # type: ignore[import-untyped]
-import msgspec
 from mcp.server import MCPServer
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
@@ -49,7 +48,7 @@ from aerie.brain.mcp.trace import inbound_trace, parse
 from aerie.brain.metrics import BrainMetrics
 from aerie.edge.tls import ServerTls, server_ssl_context
 from aerie.proto.logs import trace_scope
-from aerie.proto.serving import Running, ServeError, bind, peer_identity, serve
+from aerie.proto.serving import Running, ServeError, bind, peer_identity, refuse_identity, respond, serve
 
 __all__ = ["HEALTH_PATH", "MCP_PATH", "McpService", "McpServiceError", "is_loopback"]
 
@@ -57,6 +56,7 @@ log = logging.getLogger("aerie.brain.mcp.serving")
 
 MCP_PATH: Final = "/mcp"
 HEALTH_PATH: Final = "/healthz"
+_TEXT: Final = (b"content-type", b"text/plain; charset=utf-8")
 MAX_BODY_BYTES: Final = 512 * 1024
 """Largest request accepted: bounded inputs fit with room to spare; more is refused (413) unread."""
 _ERROR_TEXT_MAX: Final = 300
@@ -101,7 +101,7 @@ class _Gate:
             return
         path, method = scope.get("path", ""), scope.get("method", "")
         if path == HEALTH_PATH and method in ("GET", "HEAD"):
-            await _respond(send, 200, b"ok\n", b"text/plain; charset=utf-8")
+            await respond(send, 200, b"ok\n", headers=[_TEXT])
             return
         if self.allowed is not None:
             identity = peer_identity(scope)
@@ -111,24 +111,12 @@ class _Gate:
                     "request refused: identity not allowed",
                     extra={"server": self.server, "peer": identity, "path": path[:200]},
                 )
-                who = identity or "a peer without a SPIFFE identity"
-                body = msgspec.json.encode(
-                    {"error": "forbidden", "detail": f"{who} may not call {self.server}"}
-                )
-                await _respond(send, 403, body, b"application/json", close=True)
+                await refuse_identity(send, identity, self.server)
                 return
         raw = next((v for k, v in scope.get("headers") or () if k == b"traceparent"), b"")
         trace = parse(raw.decode("latin-1"))
         with trace_scope(trace.trace_id if trace is not None else None):
             await self.app(scope, receive, send)
-
-
-async def _respond(send: Send, status: int, body: bytes, media: bytes, *, close: bool = False) -> None:
-    headers = [(b"content-type", media), (b"content-length", str(len(body)).encode())]
-    if close:
-        headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 # --- tool calls --------------------------------------------------------------------------------

@@ -60,7 +60,7 @@ from typing import Any, Final
 from aerie.edge.inputs.base import FalcoInput, InputError
 from aerie.edge.tls import ServerTls, server_ssl_context
 from aerie.proto.event import DecodeError, FalcoEvent, decode_json
-from aerie.proto.serving import Running, ServeError, bind, peer_identity, serve
+from aerie.proto.serving import Running, ServeError, bind, peer_identity, respond, serve
 
 __all__ = ["DOCUMENTED_STATUSES", "HttpInput"]
 
@@ -384,12 +384,9 @@ async def _respond(
     *,
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    """One complete response. 204 carries no body and no Content-Length (RFC 9110 §8.6)."""
-    out = list(headers or [])
-    if status != 204:
-        out += [_TEXT, _NOSNIFF, (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": out})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+    """One complete response; a 204 carries no body, so no content type either."""
+    typed = [] if status == 204 else [_TEXT, _NOSNIFF]
+    await respond(send, status, body, headers=[*(headers or []), *typed])
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
