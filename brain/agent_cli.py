@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from aerie.brain.cli import CliError, option
 
 if TYPE_CHECKING:
-    from aerie.brain.agents.service import AgentService
+    pass
 
 _EPILOG = """\
 The agent listens on https://HOST:PORT (mutual TLS: callers need a certificate from the CA in
@@ -124,14 +124,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     import asyncio
+    import logging
 
     from aerie.brain.agents.logic import AgentLogic, build_logic
     from aerie.brain.agents.registry import DEFAULT_ALLOWED, parse_identities, spec
     from aerie.brain.agents.service import AgentService, ServiceError
     from aerie.brain.metrics import BrainMetrics
+    from aerie.brain.serve_command import serve_until_signalled
     from aerie.edge.errors import TlsError
     from aerie.edge.tls import ServerTls
     from aerie.proto.logs import configure
+    from aerie.proto.serving import ServeError
 
     name: str = args.name
     agent = spec(name)
@@ -192,62 +195,17 @@ def _run(args: argparse.Namespace) -> int:
         graceful_timeout_s=args.grace,
     )
     try:
-        asyncio.run(_serve(service, ops_port=args.ops_port))
-    except ServiceError as exc:
+        asyncio.run(
+            serve_until_signalled(
+                service,
+                kind="agent",
+                key="agent",
+                label=f"agent {service.name}",
+                ops_port=args.ops_port,
+                details={"allowed": sorted(service.allowed)},
+                logger=logging.getLogger("aerie.brain.agent_cli"),
+            )
+        )
+    except (ServiceError, ServeError) as exc:
         raise CliError(str(exc)) from None
     return 0
-
-
-async def _serve(service: AgentService, *, ops_port: int | None) -> None:
-    import asyncio
-    import contextlib
-    import logging
-    import signal
-
-    from aerie.brain.agents.service import ServiceError
-    from aerie.proto.ops import OpsServer, Probe, ServeError
-
-    log = logging.getLogger("aerie.brain.agent_cli")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    url = await service.start()
-    ops: OpsServer | None = None
-    try:
-        if ops_port is not None:
-
-            def ready() -> Probe:
-                # Not ready from SIGTERM on: the kubelet stops routing work here while in-flight
-                # requests finish.
-                return Probe(ok=not stop.is_set(), detail={"agent": service.name, "url": url})
-
-            ops = OpsServer(
-                service.host,
-                ops_port,
-                service.metrics.registry,
-                ready=ready,
-                name=f"aerie-agent-{service.name}-ops",
-            )
-            try:
-                await ops.start()
-            except ServeError as exc:
-                raise ServiceError(f"--ops-port: {exc}") from None
-        log.info(
-            "agent listening",
-            extra={
-                "agent": service.name,
-                "url": url,
-                "allowed": sorted(service.allowed),
-                "ops_port": ops.port if ops is not None else None,
-            },
-        )
-        print(f"aerie agent {service.name} listening on {url}", flush=True)
-        await stop.wait()
-    finally:
-        log.info("agent stopping", extra={"agent": service.name})
-        await service.stop()
-        if ops is not None:
-            with contextlib.suppress(Exception):
-                await ops.close()
-    log.info("agent stopped", extra={"agent": service.name})

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from aerie.brain.cli import CliError, flag, option
 
 if TYPE_CHECKING:
-    from aerie.brain.mcp.serving import McpService
+    pass
 
 SERVERS = ("attack",)
 """The MCP servers `aerie mcp run` can serve."""
@@ -115,14 +115,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     import asyncio
+    import logging
 
     from aerie.brain.agents.registry import parse_identities
     from aerie.brain.mcp import attack_server
     from aerie.brain.mcp.serving import McpService, McpServiceError, is_loopback
+    from aerie.brain.serve_command import serve_until_signalled
     from aerie.edge.errors import TlsError
     from aerie.edge.tls import ServerTls
     from aerie.proto.identity import spiffe_id
     from aerie.proto.logs import configure
+    from aerie.proto.serving import ServeError
 
     component, port, default_allowed = (
         attack_server.COMPONENT,
@@ -169,59 +172,20 @@ def _run(args: argparse.Namespace) -> int:
             graceful_timeout_s=args.grace,
             insecure_http=args.insecure_http,
         )
-        asyncio.run(_serve(service, args.name, ops_port=args.ops_port))
-    except McpServiceError as exc:
+        asyncio.run(
+            serve_until_signalled(
+                service,
+                kind="mcp server",
+                key="server",
+                label=f"mcp {args.name}",
+                ops_port=args.ops_port,
+                details={
+                    "allowed": sorted(service.allowed) if service.tls is not None else None,
+                    "insecure_http": service.tls is None,
+                },
+                logger=logging.getLogger("aerie.brain.mcp_cli"),
+            )
+        )
+    except (McpServiceError, ServeError) as exc:
         raise CliError(str(exc)) from None
     return 0
-
-
-async def _serve(service: McpService, name: str, *, ops_port: int | None) -> None:
-    import asyncio
-    import contextlib
-    import logging
-    import signal
-
-    from aerie.brain.mcp.serving import McpServiceError
-    from aerie.proto.ops import OpsServer, Probe, ServeError
-
-    log = logging.getLogger("aerie.brain.mcp_cli")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    url = await service.start()
-    ops: OpsServer | None = None
-    try:
-        if ops_port is not None:
-
-            def ready() -> Probe:
-                # Not ready from SIGTERM on: the kubelet stops routing calls here while those in
-                # flight finish.
-                return Probe(ok=not stop.is_set(), detail={"server": service.name, "url": url})
-
-            ops = OpsServer(
-                service.host, ops_port, service.metrics.registry, ready=ready, name=f"aerie-mcp-{name}-ops"
-            )
-            try:
-                await ops.start()
-            except ServeError as exc:
-                raise McpServiceError(f"--ops-port: {exc}") from None
-        log.info(
-            "mcp server listening",
-            extra={
-                "server": service.name,
-                "url": url,
-                "allowed": sorted(service.allowed) if service.tls is not None else None,
-                "insecure_http": service.tls is None,
-                "ops_port": ops.port if ops is not None else None,
-            },
-        )
-        print(f"aerie mcp {name} listening on {url}", flush=True)
-        await stop.wait()
-    finally:
-        log.info("mcp server stopping", extra={"server": service.name})
-        await service.stop()
-        if ops is not None:
-            with contextlib.suppress(Exception):
-                await ops.close()
-    log.info("mcp server stopped", extra={"server": service.name})
