@@ -24,8 +24,6 @@ import argparse
 import inspect
 import ipaddress
 import re
-import shutil
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,10 +31,10 @@ from pathlib import Path
 from typing import Any, Final, NoReturn
 from urllib.parse import urlsplit
 
-import kubernetes_validate
 import pytest
 import yaml
 from cryptography import x509
+from k8s_testkit import kustomize_build, validation_error
 
 from aerie.brain.certs import Pki
 from aerie.edge.inputs.grpc import DEFAULT_ADDRESS, parse_address
@@ -51,9 +49,6 @@ MANIFESTS: Final = ROOT / "daemonset" / "falco"
 CONFIG_MANIFEST: Final = MANIFESTS / "falco-config.yaml"
 RULES_MANIFEST: Final = MANIFESTS / "falco-rules.yaml"
 KUSTOMIZATION: Final = MANIFESTS / "kustomization.yaml"
-
-# A recent Kubernetes the manifests must validate against (kubernetes-validate ships its schemas).
-K8S_VERSION: Final = "1.35"
 
 RULES_CONFIGMAP: Final = "aerie-falco-rules"
 COMMON_CONFIG: Final = "aerie.yaml"
@@ -665,16 +660,6 @@ def test_rules_configmap_is_generated_from_the_rules_file() -> None:
     )
 
 
-def validation_error(doc: dict[str, Any]) -> str | None:
-    """kubernetes-validate's strict verdict on one object: None, or where and why it fails."""
-    try:
-        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
-    except kubernetes_validate.ValidationError as exc:
-        where = ".".join(str(p) for p in exc.path)
-        return f"{doc['kind']}/{doc['metadata']['name']}: {where}: {exc.message}"
-    return None
-
-
 def test_manifests_validate_strictly() -> None:
     seen = []
     for path, doc in manifest_documents():
@@ -705,16 +690,7 @@ def test_kustomization_lists_every_manifest() -> None:
 
 
 def test_kustomize_build_validates_strictly() -> None:
-    kubectl, kustomize = shutil.which("kubectl"), shutil.which("kustomize")
-    if kubectl:
-        command = [kubectl, "kustomize", str(MANIFESTS)]
-    elif kustomize:
-        command = [kustomize, "build", str(MANIFESTS)]
-    else:
-        pytest.skip("neither kubectl nor kustomize is installed")
-    built = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
-    assert built.returncode == 0, built.stderr
-    docs = [doc for doc in yaml.safe_load_all(built.stdout) if doc]
+    docs = kustomize_build(MANIFESTS)
     assert sorted(doc["metadata"]["name"] for doc in docs) == ["aerie-falco-config", RULES_CONFIGMAP]
     for doc in docs:
         error = validation_error(doc)

@@ -27,15 +27,14 @@ import functools
 import os
 import re
 import shutil
-import subprocess
 import tomllib
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
-import kubernetes_validate
 import pytest
 import yaml
+from k8s_testkit import kustomize_build, validation_error
 
 from aerie.brain import cli
 from aerie.brain.agents.registry import DEFAULT_ALLOWED, SPECS, parse_endpoints, parse_identities
@@ -57,8 +56,6 @@ BASES: Final = {"edge": DAEMONSET / "edge", "brain": DAEMONSET / "brain"}
 README: Final = DAEMONSET / "README.md"
 FALCO_CONFIG: Final = DAEMONSET / "falco" / "falco-config.yaml"
 
-# As in test_falco_config.py: a recent Kubernetes (kubernetes-validate ships its schemas).
-K8S_VERSION: Final = "1.35"
 NAMESPACE: Final = "aerie"
 IMAGE: Final = "ghcr.io/aerie/aerie:0.1.0"
 NAME_LABEL: Final = "app.kubernetes.io/name"
@@ -216,15 +213,6 @@ def parse_container(
 # The manifests as Kubernetes objects.
 
 
-def validation_error(doc: dict[str, Any]) -> str | None:
-    try:
-        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
-    except kubernetes_validate.ValidationError as exc:
-        where = ".".join(str(p) for p in exc.path)
-        return f"{doc['kind']}/{doc['metadata']['name']}: {where}: {exc.message}"
-    return None
-
-
 EXPECTED: Final = sorted(
     [
         ("ConfigMap", "aerie-edge-config"),
@@ -281,16 +269,7 @@ def test_kustomizations_list_every_manifest() -> None:
 
 
 def test_kustomize_build_validates_strictly() -> None:
-    kubectl, kustomize = shutil.which("kubectl"), shutil.which("kustomize")
-    if kubectl:
-        command = [kubectl, "kustomize", str(DAEMONSET)]
-    elif kustomize:
-        command = [kustomize, "build", str(DAEMONSET)]
-    else:
-        pytest.skip("neither kubectl nor kustomize is installed")
-    built = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
-    assert built.returncode == 0, built.stderr
-    docs = [doc for doc in yaml.safe_load_all(built.stdout) if doc]
+    docs = kustomize_build(DAEMONSET)
     assert sorted((d["kind"], d["metadata"]["name"]) for d in docs) == EXPECTED
     for doc in docs:
         error = validation_error(doc)
