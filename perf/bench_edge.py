@@ -97,6 +97,7 @@ __all__ = [
     "TARGET_P99_US",
     "TARGET_RSS_MB",
     "BenchError",
+    "Burst",
     "PipelineRow",
     "Report",
     "Sizes",
@@ -224,7 +225,7 @@ class Report:
 # -- inputs ---------------------------------------------------------------------------------------
 
 
-class _Burst(FalcoInput):
+class Burst(FalcoInput):
     """Decoded events handed over as fast as the pipeline takes them (a Falco that outruns us)."""
 
     name = "replay-burst"
@@ -551,9 +552,9 @@ async def _pipelines(setup: _Setup, sizes: Sizes, report: Report) -> None:
 
     # Warm-up, not reported: first calls into numba, onnxruntime, the spool and the thread pool.
     warm = events[:2_000]
-    await measure("warm-up", _Burst(warm))
+    await measure("warm-up", Burst(warm))
     await measure("warm-up", _Paced(warm[:200], 2_000), offered=2_000)
-    report.saturation.append(await measure("decoded event → decision", _Burst(events)))
+    report.saturation.append(await measure("decoded event → decision", Burst(events)))
     report.saturation.append(
         await measure("JSON lines file → decision (decode included)", JsonLinesInput(setup.replay_path))
     )
@@ -563,7 +564,7 @@ async def _pipelines(setup: _Setup, sizes: Sizes, report: Report) -> None:
     sweep = events[: sizes.sweep_events]
     paced = _paced_events(setup, sizes.sweep_rate, sizes.paced_s)
     for batch in sizes.batches:
-        report.sweep_saturation.append(await measure(f"max_batch {batch}", _Burst(sweep), max_batch=batch))
+        report.sweep_saturation.append(await measure(f"max_batch {batch}", Burst(sweep), max_batch=batch))
         report.sweep_paced.append(
             await measure(
                 f"max_batch {batch}",
@@ -575,7 +576,7 @@ async def _pipelines(setup: _Setup, sizes: Sizes, report: Report) -> None:
     subset = events[: sizes.baseline_events]
     paced = _paced_events(setup, sizes.baseline_rate, sizes.baseline_paced_s)
     for variant, label in _VARIANTS:
-        report.baselines.append(await measure(label, _Burst(subset), variant=variant))
+        report.baselines.append(await measure(label, Burst(subset), variant=variant))
         report.baselines_paced.append(
             await measure(
                 label, _Paced(paced, sizes.baseline_rate), variant=variant, offered=sizes.baseline_rate

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
@@ -13,13 +12,13 @@ import pytest
 from aerie.brain.cli import main
 from aerie.edge.detector import BatchResult, Detector
 from aerie.edge.inputs import JsonLinesInput
-from aerie.edge.inputs.base import FalcoInput
 from aerie.edge.pipeline import Pipeline
 from aerie.edge.spool import AsyncSpool, Spool
 from aerie.models.bundle import Bundle, load_bundle
 from aerie.models.corpus import CorpusOptions, write_corpus
 from aerie.models.features import FeatureExtractor
 from aerie.models.scorer import OnnxScorer
+from aerie.perf.bench_edge import Burst
 from aerie.proto.envelope import HEADER_SCHEMA, HEADER_TRACEPARENT, decode_anomaly
 from aerie.proto.event import FalcoEvent, decode_json
 
@@ -106,21 +105,6 @@ async def test_every_event_is_scored_and_every_anomaly_spooled_as_an_envelope(
     # A new trace per anomaly.
     traces = {decode_anomaly(e.record.value).trace.trace_id for e in entries}
     assert len(traces) == len(entries)
-
-
-class Burst(FalcoInput):
-    """A Falco that outruns the daemon: hands over events without ever yielding to the loop."""
-
-    name = "burst"
-
-    def __init__(self, events: list[FalcoEvent]) -> None:
-        super().__init__()
-        self._events = events
-
-    async def events(self) -> AsyncIterator[FalcoEvent]:
-        for event in self._events:
-            self.stats.record_received()
-            yield event
 
 
 async def test_a_burst_beyond_the_queue_is_shed_and_counted_then_the_pipeline_keeps_up(
