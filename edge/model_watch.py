@@ -15,8 +15,8 @@ Two layouts, told apart at every poll:
   memory, it is never replaced by an older one because of that.
 
 Every candidate is verified whole by `aerie.models.bundle.load_bundle` (manifest, sha256 of every file,
-feature-spec hash, ONNX width) and gets its own `OnnxScorer` (one intra-op thread) before it can
-serve. Scanning, verifying and building the scorer run in a worker thread, never on the event loop;
+feature-spec hash, ONNX width), which also builds the `OnnxScorer` (one intra-op thread) that then
+serves. Scanning, verifying and building the scorer run in a worker thread, never on the event loop;
 the swap itself is one reference assignment on the loop (`ModelWatcher.current`), so a batch that
 read ``watcher.current`` once finishes on the model it started with.
 
@@ -85,7 +85,7 @@ class LoadedModel:
         """Build the scorer for ``bundle``; `BundleError` if its ``created_at`` or model is unusable."""
         created_at = _created_at(bundle)
         try:
-            scorer = OnnxScorer(bundle.model, version=bundle.version, intra_op_num_threads=1)
+            scorer = bundle.scorer
         except ScorerError as exc:
             raise BundleError(f"{bundle.path}: {exc}") from None
         return cls(

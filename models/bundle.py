@@ -15,16 +15,21 @@ temporary directory and renames it into place, so a watcher never sees half a bu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from aerie.models.drift import Histogram
+
+if TYPE_CHECKING:
+    from aerie.models.scorer import OnnxScorer
 
 __all__ = ["FORMAT", "Bundle", "BundleError", "Manifest", "load_bundle", "sha256_hex", "write_bundle"]
 
@@ -74,6 +79,15 @@ class Bundle:
     def version(self) -> str:
         return self.manifest.model_version
 
+    @functools.cached_property
+    def scorer(self) -> OnnxScorer:
+        """The model ready to score (single-threaded); `load_bundle` builds it while verifying, so
+        serving does not load the model twice. Raises `aerie.models.scorer.ScorerError` when the
+        bytes are not a model (only possible for a bundle that did not come from `load_bundle`)."""
+        from aerie.models.scorer import OnnxScorer
+
+        return OnnxScorer(self.model, version=self.version)
+
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -91,7 +105,7 @@ def load_bundle(path: Path, *, feature_spec_hash: str | None = None) -> Bundle:
     features as the manifest names. Raises `BundleError` on the first failure.
     """
     from aerie.models.features import SPEC_HASH
-    from aerie.models.scorer import OnnxScorer, ScorerError
+    from aerie.models.scorer import ScorerError
 
     expected_spec = SPEC_HASH if feature_spec_hash is None else feature_spec_hash
     try:
@@ -123,15 +137,16 @@ def load_bundle(path: Path, *, feature_spec_hash: str | None = None) -> Bundle:
             f"{path}: trained for feature spec {manifest.feature_spec_hash[:12]}, "
             f"this aerie computes {expected_spec[:12]}; retrain with this version"
         )
+    bundle = Bundle(path=path, manifest=manifest, model=contents[MODEL_FILE], state=contents[STATE_FILE])
     try:
-        scorer = OnnxScorer(contents[MODEL_FILE])
+        n_features = bundle.scorer.n_features
     except ScorerError as exc:
         raise BundleError(f"{path}/{MODEL_FILE}: {exc}") from None
-    if scorer.n_features != len(manifest.feature_names):
+    if n_features != len(manifest.feature_names):
         raise BundleError(
-            f"{path}: model takes {scorer.n_features} features, manifest names {len(manifest.feature_names)}"
+            f"{path}: model takes {n_features} features, manifest names {len(manifest.feature_names)}"
         )
-    return Bundle(path=path, manifest=manifest, model=contents[MODEL_FILE], state=contents[STATE_FILE])
+    return bundle
 
 
 def write_bundle(

@@ -39,11 +39,10 @@ class Scored:
 def score_events(bundle: Bundle, events: EventFile, batch: int = 4096) -> Scored:
     """Features and scores (higher = more anomalous) of every decoded event, in file order."""
     from aerie.models.features import FeatureExtractor
-    from aerie.models.scorer import OnnxScorer
 
     extractor = FeatureExtractor()
     extractor.restore(bundle.state)
-    scorer = OnnxScorer(bundle.model)
+    scorer = bundle.scorer
     decoded = events.events
     features = [extractor.transform(decoded[i : i + batch]) for i in range(0, len(decoded), batch)]
     x = (
